@@ -1,0 +1,30 @@
+// Validation and classification of received frames (RFC 791, RFC 826, RFC 792,
+// RFC 9293 §3.1). Never reads past the data of the mbuf.
+#pragma once
+
+#include <cstdint>
+
+#include <rte_mbuf.h>
+
+#include "net/drop_reason.hpp"
+
+namespace chimney::net {
+
+enum class FrameKind : uint8_t { drop, arp, icmp, tcp };
+
+struct Classified {
+  FrameKind kind = FrameKind::drop;
+  DropReason reason = DropReason::count;  // meaningful when kind == drop
+};
+
+// Checks the frame's structure and checksums and classifies it. On success the
+// mbuf's l2_len, l3_len and (for TCP and ICMP) l4_len are set; every header up
+// to the end of the TCP options lies in the first segment. Checksums are taken
+// from the RX offload flags when the NIC verified them, and computed otherwise.
+// Addressing (is this frame for us?) is the caller's business.
+Classified classify_frame(rte_mbuf* m);
+
+// Payload bytes of a classified TCP segment (IP total length minus headers).
+uint16_t tcp_payload_len(const rte_mbuf* m);
+
+}  // namespace chimney::net
