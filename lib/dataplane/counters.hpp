@@ -1,0 +1,78 @@
+// Counters of one lcore on one port: written only by that lcore, read by the
+// telemetry thread and the SIGUSR1 dump (relaxed atomics: no lock prefix on
+// the write side, no torn reads on the read side). Per-port figures are sums
+// over lcores, per-lcore figures sums over ports.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+
+#include <rte_common.h>
+
+#include "net/drop_reason.hpp"
+
+namespace chimney::dataplane {
+
+class Counter {
+ public:
+  void add(uint64_t n = 1) { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  uint64_t get() const { return v_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint64_t> v_{0};
+};
+
+struct alignas(RTE_CACHE_LINE_SIZE) Counters {
+  Counter rx_packets;
+  Counter rx_bytes;
+  Counter tx_packets;
+  Counter tx_bytes;
+  Counter to_slowpath;  // frames a worker handed to the slow path
+  // slow path (main lcore) replies and requests
+  Counter arp_replies;
+  Counter arp_requests;
+  Counter icmp_echo_replies;
+  Counter rst_sent;
+  std::array<Counter, net::kDropReasonCount> drops;
+
+  void drop(net::DropReason r) { drops[static_cast<size_t>(r)].add(); }
+};
+
+}  // namespace chimney::dataplane
+
+namespace chimney::dataplane {
+
+// A plain copy of counters, summed over lcores or ports.
+struct CounterTotals {
+  uint64_t rx_packets = 0;
+  uint64_t rx_bytes = 0;
+  uint64_t tx_packets = 0;
+  uint64_t tx_bytes = 0;
+  uint64_t to_slowpath = 0;
+  uint64_t arp_replies = 0;
+  uint64_t arp_requests = 0;
+  uint64_t icmp_echo_replies = 0;
+  uint64_t rst_sent = 0;
+  std::array<uint64_t, net::kDropReasonCount> drops{};
+
+  void add(const Counters& c) {
+    rx_packets += c.rx_packets.get();
+    rx_bytes += c.rx_bytes.get();
+    tx_packets += c.tx_packets.get();
+    tx_bytes += c.tx_bytes.get();
+    to_slowpath += c.to_slowpath.get();
+    arp_replies += c.arp_replies.get();
+    arp_requests += c.arp_requests.get();
+    icmp_echo_replies += c.icmp_echo_replies.get();
+    rst_sent += c.rst_sent.get();
+    for (size_t i = 0; i < drops.size(); ++i) drops[i] += c.drops[i].get();
+  }
+  uint64_t dropped() const {
+    uint64_t n = 0;
+    for (uint64_t d : drops) n += d;
+    return n;
+  }
+};
+
+}  // namespace chimney::dataplane

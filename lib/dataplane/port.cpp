@@ -1,0 +1,145 @@
+#include "dataplane/port.hpp"
+
+#include <stdexcept>
+
+#include <rte_ethdev.h>
+
+#include "net/addr.hpp"
+
+namespace chimney::dataplane {
+
+namespace {
+
+// A symmetric Toeplitz key (the 0x6d5a pattern): both directions of a flow
+// hash to the same queue, so one worker owns a connection.
+uint8_t kSymmetricRssKey[40] = {
+    0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a,
+    0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a,
+    0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a};
+
+[[noreturn]] void fail(const std::string& device, const std::string& what, int rc) {
+  throw std::runtime_error("port " + device + ": " + what + ": " + rte_strerror(-rc));
+}
+
+}  // namespace
+
+Port open_port(size_t index, const std::string& device, const PortConfig& pc, const Config& cfg,
+               unsigned workers) {
+  Port port;
+  port.index = index;
+  port.device = device;
+  port.config = pc;
+  if (rte_eth_dev_get_port_by_name(device.c_str(), &port.id) != 0)
+    throw std::runtime_error("port " + device + " (" + pc.str() +
+                             "): no such device; the driver did not probe it (see the EAL lines above)");
+
+  rte_eth_dev_info info{};
+  if (int rc = rte_eth_dev_info_get(port.id, &info); rc != 0) fail(device, "device info", rc);
+  const uint16_t rxq = static_cast<uint16_t>(workers);
+  const uint16_t txq = static_cast<uint16_t>(workers + 1);
+  if (info.max_rx_queues < rxq || info.max_tx_queues < txq)
+    throw std::runtime_error("port " + device + ": needs " + std::to_string(rxq) + " RX and " +
+                             std::to_string(txq) + " TX queues, the device has " +
+                             std::to_string(info.max_rx_queues) + " and " +
+                             std::to_string(info.max_tx_queues));
+
+  rte_eth_conf conf{};
+  // Checksum offloads when the port has them; software otherwise (net/build).
+  const uint64_t rx_ck = RTE_ETH_RX_OFFLOAD_IPV4_CKSUM | RTE_ETH_RX_OFFLOAD_TCP_CKSUM;
+  if ((info.rx_offload_capa & rx_ck) == rx_ck) {
+    conf.rxmode.offloads |= rx_ck;
+    port.rx_checksum = true;
+  }
+  if (info.tx_offload_capa & RTE_ETH_TX_OFFLOAD_IPV4_CKSUM) {
+    conf.txmode.offloads |= RTE_ETH_TX_OFFLOAD_IPV4_CKSUM;
+    port.tx_caps.ipv4 = true;
+  }
+  if (info.tx_offload_capa & RTE_ETH_TX_OFFLOAD_TCP_CKSUM) {
+    conf.txmode.offloads |= RTE_ETH_TX_OFFLOAD_TCP_CKSUM;
+    port.tx_caps.tcp = true;
+  }
+  if ((info.tx_offload_capa & RTE_ETH_TX_OFFLOAD_TCP_TSO) && port.tx_caps.tcp) {
+    conf.txmode.offloads |= RTE_ETH_TX_OFFLOAD_TCP_TSO;
+    port.tso = true;
+  }
+  if (info.tx_offload_capa & RTE_ETH_TX_OFFLOAD_MULTI_SEGS)
+    conf.txmode.offloads |= RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
+  if (rxq > 1 && info.flow_type_rss_offloads != 0) {
+    conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+    conf.rx_adv_conf.rss_conf.rss_hf = (RTE_ETH_RSS_IPV4 | RTE_ETH_RSS_NONFRAG_IPV4_TCP) &
+                                       info.flow_type_rss_offloads;
+    if (info.hash_key_size == sizeof(kSymmetricRssKey)) {
+      conf.rx_adv_conf.rss_conf.rss_key = kSymmetricRssKey;
+      conf.rx_adv_conf.rss_conf.rss_key_len = sizeof(kSymmetricRssKey);
+    }
+  }
+
+  if (int rc = rte_eth_dev_configure(port.id, rxq, txq, &conf); rc != 0) fail(device, "configure", rc);
+  uint16_t rx_desc = cfg.rx_desc;
+  uint16_t tx_desc = cfg.tx_desc;
+  if (int rc = rte_eth_dev_adjust_nb_rx_tx_desc(port.id, &rx_desc, &tx_desc); rc != 0)
+    fail(device, "descriptor counts", rc);
+
+  const int socket = rte_eth_dev_socket_id(port.id) < 0 ? 0 : rte_eth_dev_socket_id(port.id);
+  const std::string pool_name = "mbuf_p" + std::to_string(index);
+  const unsigned cache = cfg.mbufs >= 4096 ? 256 : 32;
+  port.pool = rte_pktmbuf_pool_create(pool_name.c_str(), cfg.mbufs, cache, 0,
+                                      RTE_MBUF_DEFAULT_BUF_SIZE, socket);
+  if (port.pool == nullptr)
+    throw std::runtime_error("port " + device + ": cannot create a pool of " +
+                             std::to_string(cfg.mbufs) + " mbufs: " + rte_strerror(rte_errno) +
+                             " (lower --mbufs or raise --memory-mb)");
+
+  for (uint16_t q = 0; q < rxq; ++q) {
+    rte_eth_rxconf rxconf = info.default_rxconf;
+    rxconf.offloads = conf.rxmode.offloads;
+    if (int rc = rte_eth_rx_queue_setup(port.id, q, rx_desc, socket, &rxconf, port.pool); rc != 0)
+      fail(device, "RX queue " + std::to_string(q), rc);
+  }
+  for (uint16_t q = 0; q < txq; ++q) {
+    rte_eth_txconf txconf = info.default_txconf;
+    txconf.offloads = conf.txmode.offloads;
+    if (int rc = rte_eth_tx_queue_setup(port.id, q, tx_desc, socket, &txconf); rc != 0)
+      fail(device, "TX queue " + std::to_string(q), rc);
+  }
+  port.slowpath_queue = static_cast<uint16_t>(workers);
+
+  if (pc.mac) {
+    rte_ether_addr mac = *pc.mac;
+    if (int rc = rte_eth_dev_default_mac_addr_set(port.id, &mac); rc != 0) fail(device, "set mac", rc);
+  }
+  if (int rc = rte_eth_dev_set_mtu(port.id, pc.mtu); rc != 0)
+    fail(device, "set mtu " + std::to_string(pc.mtu), rc);
+  if (int rc = rte_eth_macaddr_get(port.id, &port.mac); rc != 0) fail(device, "read mac", rc);
+
+  if (int rc = rte_eth_dev_start(port.id); rc != 0) fail(device, "start", rc);
+  port.started = true;
+  // Only frames for our MAC and broadcast; the device may not support changing it.
+  rte_eth_promiscuous_disable(port.id);
+  return port;
+}
+
+void close_port(Port& port) {
+  if (port.started) {
+    rte_eth_dev_stop(port.id);
+    port.started = false;
+  }
+  rte_eth_dev_close(port.id);
+}
+
+void TxQueue::flush() {
+  if (n_ == 0) return;
+  uint64_t bytes = 0;
+  for (uint16_t i = 0; i < n_; ++i) bytes += rte_pktmbuf_pkt_len(pkts_[i]);
+  const uint16_t sent = rte_eth_tx_burst(port_id_, queue_id_, pkts_.data(), n_);
+  for (uint16_t i = sent; i < n_; ++i) {
+    bytes -= rte_pktmbuf_pkt_len(pkts_[i]);
+    rte_pktmbuf_free(pkts_[i]);
+    counters_->drop(net::DropReason::tx_full);
+  }
+  counters_->tx_packets.add(sent);
+  counters_->tx_bytes.add(bytes);
+  n_ = 0;
+}
+
+}  // namespace chimney::dataplane
