@@ -23,7 +23,8 @@ struct Dataplane {
   std::vector<Port> ports;
   std::array<int16_t, RTE_MAX_ETHPORTS> port_index;  // DPDK port id -> index in `ports`, -1 none
   std::vector<unsigned> worker_lcores;               // worker slot w+1 runs on worker_lcores[w]
-  std::vector<rte_ring*> to_slowpath;                // one single-producer ring per worker
+  std::vector<rte_ring*> to_slowpath;    // per worker: frames for the slow path (worker -> main)
+  std::vector<rte_ring*> from_slowpath;  // per worker: frames the slow path sends (main -> worker)
   // counters[slot * ports.size() + port]: slot 0 is the main lcore, slot w+1 worker w.
   std::unique_ptr<Counters[]> counters;
   std::atomic<bool> stop{false};

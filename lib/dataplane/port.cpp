@@ -36,7 +36,7 @@ Port open_port(size_t index, const std::string& device, const PortConfig& pc, co
   rte_eth_dev_info info{};
   if (int rc = rte_eth_dev_info_get(port.id, &info); rc != 0) fail(device, "device info", rc);
   const uint16_t rxq = static_cast<uint16_t>(workers);
-  const uint16_t txq = static_cast<uint16_t>(workers + 1);
+  const uint16_t txq = static_cast<uint16_t>(workers);
   if (info.max_rx_queues < rxq || info.max_tx_queues < txq)
     throw std::runtime_error("port " + device + ": needs " + std::to_string(rxq) + " RX and " +
                              std::to_string(txq) + " TX queues, the device has " +
@@ -102,7 +102,6 @@ Port open_port(size_t index, const std::string& device, const PortConfig& pc, co
     if (int rc = rte_eth_tx_queue_setup(port.id, q, tx_desc, socket, &txconf); rc != 0)
       fail(device, "TX queue " + std::to_string(q), rc);
   }
-  port.slowpath_queue = static_cast<uint16_t>(workers);
 
   if (pc.mac) {
     rte_ether_addr mac = *pc.mac;

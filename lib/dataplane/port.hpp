@@ -1,5 +1,5 @@
-// A DPDK port as chimneyd uses it: one RX queue per worker, one TX queue per
-// worker plus one for the slow path, a mempool, and the offloads it has.
+// A DPDK port as chimneyd uses it: one RX and one TX queue per worker (the
+// slow path transmits through a worker), a mempool, and the offloads it has.
 #pragma once
 
 #include <array>
@@ -25,7 +25,6 @@ struct Port {
   net::TxChecksumCaps tx_caps;
   bool rx_checksum = false;  // the port verifies IPv4/TCP checksums on receive
   bool tso = false;          // the port segments TCP (RTE_ETH_TX_OFFLOAD_TCP_TSO)
-  uint16_t slowpath_queue = 0;
   rte_mempool* pool = nullptr;
   bool started = false;
 };

@@ -72,18 +72,21 @@ void build_dataplane(Dataplane& dp, const EalPlan&) {
     spdlog::info("port {} {} ({}): mac {} address {} mtu {} queues rx {} tx {}; offloads: rx checksum "
                  "{}, tx ipv4 checksum {}, tx tcp checksum {}, tso {}",
                  i, port.device, dp.cfg.ports[i].str(), net::mac_str(port.mac),
-                 port.config.address.str(), port.config.mtu, workers, workers + 1,
+                 port.config.address.str(), port.config.mtu, workers, workers,
                  port.rx_checksum ? "hw" : "sw", port.tx_caps.ipv4 ? "hw" : "sw",
                  port.tx_caps.tcp ? "hw" : "sw", port.tso ? "yes" : "no");
   }
   dp.counters = std::make_unique<Counters[]>(dp.slots() * dp.ports.size());
-  for (unsigned w = 0; w < workers; ++w) {
-    const std::string name = "to_slow_w" + std::to_string(w);
+  auto make_ring = [&](const std::string& name) {
     rte_ring* r = rte_ring_create(name.c_str(), dp.cfg.slowpath_ring, rte_socket_id(),
                                   RING_F_SP_ENQ | RING_F_SC_DEQ);
     if (r == nullptr)
       throw std::runtime_error("cannot create ring " + name + ": " + rte_strerror(rte_errno));
-    dp.to_slowpath.push_back(r);
+    return r;
+  };
+  for (unsigned w = 0; w < workers; ++w) {
+    dp.to_slowpath.push_back(make_ring("to_slow_w" + std::to_string(w)));
+    dp.from_slowpath.push_back(make_ring("from_slow_w" + std::to_string(w)));
   }
 }
 
@@ -93,12 +96,14 @@ void teardown(Dataplane& dp) {
     spdlog::info("port {} {} stopped and closed", port.index, port.device);
   }
   dp.ports.clear();
-  for (rte_ring* r : dp.to_slowpath) {
-    void* m = nullptr;
-    while (rte_ring_dequeue(r, &m) == 0) rte_pktmbuf_free(static_cast<rte_mbuf*>(m));
-    rte_ring_free(r);
+  for (auto* rings : {&dp.to_slowpath, &dp.from_slowpath}) {
+    for (rte_ring* r : *rings) {
+      void* m = nullptr;
+      while (rte_ring_dequeue(r, &m) == 0) rte_pktmbuf_free(static_cast<rte_mbuf*>(m));
+      rte_ring_free(r);
+    }
+    rings->clear();
   }
-  dp.to_slowpath.clear();
 }
 
 }  // namespace

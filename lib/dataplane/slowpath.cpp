@@ -12,7 +12,7 @@ using net::DropReason;
 using net::FrameKind;
 using net::Ipv4Addr;
 
-SlowPath::SlowPath(Dataplane& dp) : dp_(dp), tx_(dp.ports.size()) {
+SlowPath::SlowPath(Dataplane& dp) : dp_(dp) {
   const uint64_t hz = rte_get_tsc_hz();
   for (size_t p = 0; p < dp_.ports.size(); ++p) {
     auto link = std::make_unique<Link>();
@@ -26,7 +26,6 @@ SlowPath::SlowPath(Dataplane& dp) : dp_(dp), tx_(dp.ports.size()) {
     params.socket_id = SOCKET_ID_ANY;
     link->table = std::make_unique<NeighbourTable>(params);
     links_.push_back(std::move(link));
-    tx_[p].bind(dp_.ports[p].id, dp_.ports[p].slowpath_queue, &counters(p));
   }
 }
 
@@ -39,13 +38,11 @@ unsigned SlowPath::poll(uint64_t now) {
     for (unsigned i = 0; i < n; ++i) handle(batch[i], now);
     total += n;
   }
-  for (auto& q : tx_) q.flush();
   return total;
 }
 
 void SlowPath::tick(uint64_t now) {
   for (auto& link : links_) link->table->tick(now, *link);
-  for (auto& q : tx_) q.flush();
 }
 
 void SlowPath::handle(rte_mbuf* m, uint64_t now) {
@@ -125,7 +122,12 @@ void SlowPath::send_ipv4(size_t p, rte_mbuf* m, uint64_t now) {
 void SlowPath::transmit(size_t p, rte_mbuf* m) {
   auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
   eth->src_addr = dp_.ports[p].mac;
-  tx_[p].push(m);
+  m->port = dp_.ports[p].id;
+  // Worker 0 transmits for the slow path (its TX queue on every port).
+  if (rte_ring_sp_enqueue(dp_.from_slowpath[0], m) != 0) {
+    counters(p).drop(DropReason::tx_full);
+    rte_pktmbuf_free(m);
+  }
 }
 
 void SlowPath::Link::send_request(Ipv4Addr target) {

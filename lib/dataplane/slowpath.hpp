@@ -1,6 +1,7 @@
 // The slow path on the main lcore: ARP (RFC 826) with a neighbour table per
 // port, ICMP echo (RFC 792), and the RST for segments of no connection
-// (RFC 9293 §3.10.7.1). It transmits on each port's slow-path TX queue.
+// (RFC 9293 §3.10.7.1). It transmits through a worker (the from_slowpath
+// ring), which owns the port's TX queues.
 #pragma once
 
 #include <memory>
@@ -44,7 +45,6 @@ class SlowPath {
 
   Dataplane& dp_;
   std::vector<std::unique_ptr<Link>> links_;
-  std::vector<TxQueue> tx_;
   uint16_t ip_id_ = 0;
 };
 

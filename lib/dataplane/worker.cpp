@@ -53,6 +53,7 @@ int worker_main(void* arg) {
   const uint16_t queue = static_cast<uint16_t>(ctx.slot - 1);
   const uint16_t burst = dp.cfg.burst;
   rte_ring* ring = dp.to_slowpath[queue];
+  rte_ring* from_slow = dp.from_slowpath[queue];
 
   std::vector<TxQueue> tx(dp.ports.size());
   for (size_t p = 0; p < dp.ports.size(); ++p) tx[p].bind(dp.ports[p].id, queue, &dp.at(ctx.slot, p));
@@ -97,6 +98,14 @@ int worker_main(void* arg) {
         }
       }
       tx[p].flush();
+    }
+    // Frames the slow path built go out on this worker's TX queues.
+    const unsigned n_out = rte_ring_sc_dequeue_burst(from_slow, reinterpret_cast<void**>(slow.data()),
+                                                     burst, nullptr);
+    for (unsigned i = 0; i < n_out; ++i) tx[dp.port_index[slow[i]->port]].push(slow[i]);
+    if (n_out != 0) {
+      for (auto& q : tx) q.flush();
+      work += n_out;
     }
     idle.update(work);
   }
