@@ -27,4 +27,11 @@ Classified classify_frame(rte_mbuf* m);
 // Payload bytes of a classified TCP segment (IP total length minus headers).
 uint16_t tcp_payload_len(const rte_mbuf* m);
 
+// The one's-complement sum (RFC 1071), not complemented, of `len` bytes at
+// offset `off` of a possibly multi-segment mbuf; false when the packet is
+// shorter. DPDK 22.11's rte_raw_cksum_mbuf() (and the
+// rte_ipv4_udptcp_cksum_mbuf*() built on it) loses carries after a segment of
+// odd length, so the checksums here use this instead.
+bool raw_cksum_mbuf(const rte_mbuf* m, uint32_t off, uint32_t len, uint16_t& sum);
+
 }  // namespace chimney::net
