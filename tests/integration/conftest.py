@@ -1,0 +1,78 @@
+"""Integration tests: chimneyd in a network namespace, a real Linux peer on its TAP.
+
+Run as root with Debian's interpreter (scripts/test does both):
+    /usr/bin/python3 -m pytest -v tests/integration
+
+The binary is build/app/chimneyd/chimneyd, or $CHIMNEYD. When it is missing
+every test fails (not skips) and says how to build it.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "clients" / "python"))
+
+from chimney.testing import Namespace, TargetInNamespace  # noqa: E402
+
+PYTHON = "/usr/bin/python3"
+
+
+def chimneyd_binary() -> Path:
+    return Path(os.environ.get("CHIMNEYD") or ROOT / "build" / "app" / "chimneyd" / "chimneyd")
+
+
+@pytest.fixture(scope="session")
+def chimneyd() -> str:
+    path = chimneyd_binary()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"chimneyd binary not found at {path}: build it with scripts/build "
+                    f"(or point $CHIMNEYD at one)", pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root (network namespaces, TAP): run scripts/test "
+                    "or sudo /usr/bin/python3 -m pytest tests/integration", pytrace=False)
+    return str(path)
+
+
+def start_target(chimneyd: str, log_dir, **options) -> TargetInNamespace:
+    return TargetInNamespace(chimneyd, cwd=str(ROOT), log_dir=str(log_dir), **options)
+
+
+@pytest.fixture(scope="module")
+def target(chimneyd, tmp_path_factory):
+    """One chimneyd per test module (most tests only read counters or ping)."""
+    with start_target(chimneyd, tmp_path_factory.mktemp("chimneyd")) as t:
+        yield t
+
+
+@pytest.fixture
+def fresh_target(chimneyd, tmp_path):
+    """A chimneyd of its own, for tests that stop it."""
+    with start_target(chimneyd, tmp_path) as t:
+        yield t
+
+
+@pytest.fixture
+def scratch_netns():
+    """An empty namespace: chimneyd runs that should fail at once still run in one."""
+    with Namespace() as ns:
+        yield ns
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, attach the tail of chimneyd's log to the report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    for name in ("target", "fresh_target"):
+        t = funcargs.get(name)
+        if t is not None and hasattr(t, "log_tail"):
+            report.sections.append((f"chimneyd log ({t.log_path}), last lines",
+                                    t.log_tail(60)))
+
