@@ -1,0 +1,69 @@
+// Definitions shared by the engine's source files (not part of its interface).
+#pragma once
+
+#include <cstdint>
+
+#include <rte_tcp.h>
+
+#include "tcp/engine.hpp"
+#include "tcp/request.hpp"
+#include "tcp/seq.hpp"
+
+namespace chimney::tcp {
+
+// The 4-tuple, host byte order, as the table's key.
+struct Engine::Key {
+  uint32_t remote_ip;
+  uint32_t local_ip;
+  uint16_t remote_port;
+  uint16_t local_port;
+};
+static_assert(sizeof(Engine::Key) == 12);
+
+// C-19: what is kept of a connection in TIME_WAIT.
+struct Engine::TimeWait {
+  TimerNode node;
+  Key key;
+  uint32_t snd_nxt;
+  uint32_t rcv_nxt;
+  uint32_t ts_recent;
+  uint16_t window;      // last advertised, unscaled field value
+  uint8_t local_mac[6];
+  uint8_t remote_mac[6];
+  bool timestamps;
+  bool in_use;
+};
+
+inline Engine::Key key_of(const Tcb& c) {
+  return {c.remote_ip, c.local_ip, c.remote_port, c.local_port};
+}
+
+// Flags of a TCP header (rte_tcp.h names).
+inline constexpr uint8_t kFin = RTE_TCP_FIN_FLAG;
+inline constexpr uint8_t kSyn = RTE_TCP_SYN_FLAG;
+inline constexpr uint8_t kRst = RTE_TCP_RST_FLAG;
+inline constexpr uint8_t kPsh = RTE_TCP_PSH_FLAG;
+inline constexpr uint8_t kAck = RTE_TCP_ACK_FLAG;
+
+// States in which our FIN has been queued (RFC 9293 §3.6).
+inline bool fin_state(TcpState s) {
+  return s == TcpState::fin_wait_1 || s == TcpState::fin_wait_2 || s == TcpState::closing ||
+         s == TcpState::last_ack || s == TcpState::time_wait;
+}
+
+// Bytes of the send queue's data, FIN excluded.
+inline uint32_t data_end(const Tcb& c) { return c.snd.queued_end - (c.flags.fin_queued ? 1 : 0); }
+
+inline uint32_t flight_size(const Tcb& c) { return c.snd.max - c.snd.una; }
+
+// The congestion-control interface (VPP-style): growth on ACKs, reaction to
+// loss detected by duplicate ACKs or SACK, and to a retransmission timeout.
+struct CongestionOps {
+  void (*init)(Tcb& c);
+  void (*on_ack)(Tcb& c, uint32_t acked, uint64_t now_ms);
+  void (*on_loss)(Tcb& c, uint64_t now_ms);
+  void (*on_rto)(Tcb& c, uint64_t now_ms);
+};
+const CongestionOps& congestion_ops(CongestionAlgorithm a);
+
+}  // namespace chimney::tcp
