@@ -25,10 +25,10 @@ def process_exists(pid):
         return False
 
 
-@pytest.mark.parametrize("kw", [{"target_ip": "10.0.0.2"}, {"peer_ip": "192.168.1.1"},
+@pytest.mark.parametrize("kw", [{"target_ip": "203.0.113.2"}, {"peer_ip": "100.64.1.1"},
                                 {"target_ip": "198.20.0.2", "peer_ip": "198.20.0.1"},
                                 {"peer_ip": "198.18.1.1"}],
-                         ids=["target-10/8", "peer-192.168", "outside-198.18/15", "peer-off-prefix"])
+                         ids=["target-testnet3", "peer-cgnat", "outside-198.18/15", "peer-off-prefix"])
 def test_refuses_addresses_outside_the_test_network(chimneyd, kw):
     with pytest.raises(ValueError):
         TargetInNamespace(chimneyd, **kw)

@@ -20,7 +20,7 @@ TEST(Ipv4Addr, ParseGood) {
   EXPECT_EQ(a->str(), "198.18.0.2");
   EXPECT_EQ(Ipv4Addr::parse("0.0.0.0")->value, 0u);
   EXPECT_EQ(Ipv4Addr::parse("255.255.255.255")->value, 0xFFFFFFFFu);
-  EXPECT_EQ(Ipv4Addr::parse("10.0.0.1")->str(), "10.0.0.1");
+  EXPECT_EQ(Ipv4Addr::parse("203.0.113.1")->str(), "203.0.113.1");
   // A view into a longer buffer: only the view is parsed.
   const std::string_view longer = "1.2.3.45";
   EXPECT_EQ(Ipv4Addr::parse(longer.substr(0, 7))->str(), "1.2.3.4");
@@ -66,8 +66,8 @@ TEST(Ipv4Prefix, ParseGood) {
   EXPECT_TRUE(all->contains(*Ipv4Addr::parse("203.0.113.9")));
 
   EXPECT_EQ(Ipv4Prefix::parse("198.18.0.0/15")->str(), "198.18.0.0/15");
-  EXPECT_EQ(Ipv4Prefix::parse("10.1.2.3/32")->len, 32);
-  EXPECT_EQ(Ipv4Prefix::parse("10.1.2.3/8")->len, 8);
+  EXPECT_EQ(Ipv4Prefix::parse("203.0.113.3/32")->len, 32);
+  EXPECT_EQ(Ipv4Prefix::parse("203.0.113.3/8")->len, 8);
 }
 
 TEST(Ipv4Prefix, ParseBad) {
