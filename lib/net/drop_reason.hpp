@@ -8,7 +8,7 @@ namespace chimney::net {
 
 #define CHIMNEY_DROP_REASONS(X)                                              \
   X(eth_truncated)         /* frame shorter than an Ethernet header */       \
-  X(eth_not_for_us)        /* destination MAC neither ours nor broadcast */  \
+  X(eth_not_for_us)        /* not our MAC (broadcast is taken for ARP only) */ \
   X(eth_unsupported_type)  /* EtherType other than IPv4 or ARP */            \
   X(headers_not_contiguous) /* L2-L4 headers split across mbuf segments */   \
   X(arp_truncated)                                                           \

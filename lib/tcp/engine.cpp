@@ -500,7 +500,13 @@ void Engine::complete_sends(Tcb& c) {
     }
     n->next = nullptr;
     if (is_disconnect) {
-      // C-12: FIN and data sent and ACKed. C-14: completed alone.
+      // C-11: the sends before it complete first; C-12: FIN and data sent
+      // and ACKed; C-14: completed alone.
+      if (done_head != nullptr) {
+        ++stats_.send_completions;
+        host_.send_complete(c.handle, c.host_context, done_head);
+        done_head = done_tail = nullptr;
+      }
       complete_disconnect(c, Status::success);
       continue;
     }

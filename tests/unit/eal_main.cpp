@@ -10,7 +10,7 @@
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
-  std::vector<std::string> eal = {argv[0],      "--no-huge", "-m",         "256",
+  std::vector<std::string> eal = {argv[0],      "--no-huge", "-m",         "1024",
                                   "--no-pci",   "--no-shconf", "-l",       "0",
                                   "--log-level=lib.eal:error", "--no-telemetry"};
   std::vector<char*> eal_argv;
