@@ -667,7 +667,9 @@ void Engine::enter_closed(Tcb& c) {
 }
 
 void Engine::enter_time_wait(Tcb& c) {
-  // C-19: the full state goes; a compact entry answers for 2·MSL.
+  // C-19: the full state goes; a compact entry answers for 2·MSL. An ACK
+  // still owed (for the peer's FIN, say) leaves first.
+  if (c.flags.ack_now || c.rcv.unacked_segs != 0) send_ack(c);
   c.state = TcpState::time_wait;
   const Key key = key_of(c);
   if (!tw_free_.empty()) {

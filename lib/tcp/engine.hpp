@@ -136,7 +136,7 @@ class Engine final : public OffloadTarget {
   void send_rst(Tcb& c);
   struct HeaderSpec;
   rte_mbuf* build_header(const HeaderSpec& h);
-  rte_mbuf* header(Tcb& c, uint32_t seq, uint8_t tcp_flags, bool sack_blocks);
+  rte_mbuf* header(Tcb& c, uint32_t seq, uint8_t tcp_flags, bool sack_blocks, uint32_t payload_len);
   void finish_segment(rte_mbuf* m);
   bool attach_payload(Tcb& c, rte_mbuf* hdr, uint32_t seq, uint32_t len, bool& psh);
   void transmit(rte_mbuf* m);

@@ -56,6 +56,14 @@ inline uint32_t data_end(const Tcb& c) { return c.snd.queued_end - (c.flags.fin_
 
 inline uint32_t flight_size(const Tcb& c) { return c.snd.max - c.snd.una; }
 
+// Option bytes SACK blocks may take on a data segment while out-of-order data
+// waits (RFC 2018 §3: NOP, NOP, kind, length, then up to three blocks beside
+// the timestamps); the payload gives way to them.
+inline uint32_t sack_space(const Tcb& c) {
+  if (!c.flags.sack || c.ooo == nullptr) return 0;
+  return c.flags.timestamps ? 28 : 36;
+}
+
 // The congestion-control interface (VPP-style): growth on ACKs, reaction to
 // loss detected by duplicate ACKs or SACK, and to a retransmission timeout.
 struct CongestionOps {

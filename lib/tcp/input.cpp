@@ -276,20 +276,50 @@ bool Engine::process_ack(Tcb& c, uint32_t ack, uint32_t seq, uint32_t seg_wnd, b
     }
     report_backlog(c);
     mark_output(c);
-  } else if (ack == c.snd.una && !has_data_or_fin && wnd == old_wnd && c.snd.una != c.snd.max) {
-    // RFC 5681 §2: a duplicate ACK.
-    ++stats_.dup_acks;
-    if (c.snd.dupacks < 255) ++c.snd.dupacks;
+  } else if (ack == c.snd.una && c.snd.una != c.snd.max) {
+    // RFC 5681 §2: a duplicate ACK carries no data and leaves the window.
+    const bool dup = !has_data_or_fin && wnd == old_wnd;
+    if (dup) {
+      ++stats_.dup_acks;
+      if (c.snd.dupacks < 255) ++c.snd.dupacks;
+    }
     uint32_t sacked = 0;
     for (uint8_t i = 0; i < c.sacked.count; ++i) sacked += c.sacked.blocks[i].right - c.sacked.blocks[i].left;
-    const bool loss = c.snd.dupacks == 3 || (c.flags.sack && sacked >= 3u * c.snd.mss);
+    // With SACK every SACKed segment stands for a duplicate ACK (RFC 6675
+    // §2 "DupAck" counts ACKs that may carry data when both sides send).
+    if (c.flags.sack) {
+      const uint32_t segs = sacked / c.snd.mss;
+      if (segs > c.snd.dupacks) c.snd.dupacks = static_cast<uint8_t>(segs < 255 ? segs : 255);
+    }
+    // A retransmission of the hole at snd.una is lost when DupThresh
+    // segments sent after it are SACKed (lost-retransmission detection, as
+    // RFC 8985 does by time): repair the holes again.
+    if (c.flags.in_recovery && c.flags.sack) {
+      uint32_t after = 0;
+      for (uint8_t i = 0; i < c.sacked.count; ++i) {
+        const uint32_t l = seq_max(c.sacked.blocks[i].left, c.rxt_mark);
+        if (seq_lt(l, c.sacked.blocks[i].right)) after += c.sacked.blocks[i].right - l;
+      }
+      if (after >= 3u * c.snd.mss && seq_gt(c.high_rxt, c.snd.una)) {
+        c.high_rxt = c.snd.una;
+        c.rxt_mark = c.snd.max;
+      }
+    }
+    // RFC 5827 early retransmit: with fewer than four segments outstanding
+    // and nothing new to send, fewer duplicates can ever come.
+    uint32_t dupthresh = 3;
+    const uint32_t oseg = (flight_size(c) + c.snd.mss - 1) / c.snd.mss;
+    if (oseg < 4 && !seq_gt(data_end(c), c.snd.max)) dupthresh = oseg > 1 ? oseg - 1 : 1;
+    // RFC 6675 §5: with SACK, DupThresh segments SACKed above snd.una mean
+    // loss, whether or not the ACKs carried data (they do both ways).
+    const bool loss = (dup && c.snd.dupacks >= dupthresh) || (c.flags.sack && sacked >= dupthresh * c.snd.mss);
     // RFC 6582 §3.2 step 1: no new recovery until snd.una passes `recover`.
     if (!c.flags.in_recovery && loss && seq_geq(c.snd.una, c.snd.recover)) {
       enter_recovery(c);
-    } else if (c.flags.in_recovery && !c.flags.sack) {
+    } else if (c.flags.in_recovery && !c.flags.sack && dup) {
       c.snd.cwnd += c.snd.mss;  // RFC 6582 §3.2 step 3: inflate per duplicate
     }
-    mark_output(c);
+    if (dup || opts.sack_count != 0) mark_output(c);
   }
 
   // RFC 9293 §3.10.7.4: update the window from the newest segment.
@@ -330,6 +360,7 @@ void Engine::enter_recovery(Tcb& c) {
     ++stats_.retransmits;
   }
   c.high_rxt = c.snd.una + len;
+  c.rxt_mark = c.snd.max;
   if (!c.flags.sack) c.snd.cwnd = c.snd.ssthresh + 3u * c.snd.mss;  // RFC 6582 step 2
   restart_retransmit_timer(c);
 }

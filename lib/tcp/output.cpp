@@ -86,7 +86,7 @@ void Engine::finish_segment(rte_mbuf* m) {
   transmit(m);
 }
 
-rte_mbuf* Engine::header(Tcb& c, uint32_t seq, uint8_t tcp_flags, bool sack_blocks) {
+rte_mbuf* Engine::header(Tcb& c, uint32_t seq, uint8_t tcp_flags, bool sack_blocks, uint32_t payload_len) {
   HeaderSpec h{};
   h.src_mac = c.local_mac;
   h.dst_mac = c.remote_mac;
@@ -130,9 +130,14 @@ rte_mbuf* Engine::header(Tcb& c, uint32_t seq, uint8_t tcp_flags, bool sack_bloc
         ranges[n++] = b;
       }
     }
+    // The blocks take what the payload leaves of the MSS (RFC 6691): 4 bytes
+    // of NOP, NOP, kind, length, then 8 a block.
+    const uint32_t room = c.snd.mss > payload_len ? c.snd.mss - payload_len : 0;
+    const uint32_t fit = room >= 12 ? (room - 4) / 8 : 0;
+    const uint32_t max_blocks = fit < h.opts.sack.size() ? fit : h.opts.sack.size();
     uint8_t k = 0;
-    if (have_first) h.opts.sack[k++] = first;
-    for (uint8_t i = 0; i < n && k < h.opts.sack.size(); ++i) h.opts.sack[k++] = ranges[i];
+    if (have_first && k < max_blocks) h.opts.sack[k++] = first;
+    for (uint8_t i = 0; i < n && k < max_blocks; ++i) h.opts.sack[k++] = ranges[i];
     h.opts.sack_count = k;
   }
   rte_mbuf* m = build_header(h);
@@ -210,7 +215,7 @@ bool Engine::attach_payload(Tcb& c, rte_mbuf* hdr, uint32_t seq, uint32_t len, b
 }
 
 bool Engine::send_segment(Tcb& c, uint32_t seq, uint32_t len, uint8_t tcp_flags, bool retransmission) {
-  rte_mbuf* m = header(c, seq, tcp_flags, /*sack_blocks=*/len == 0);
+  rte_mbuf* m = header(c, seq, tcp_flags, /*sack_blocks=*/true, len);
   if (m == nullptr) return false;
   bool psh = false;
   if (len != 0 && !attach_payload(c, m, seq, len, psh)) {
@@ -232,7 +237,9 @@ bool Engine::send_segment(Tcb& c, uint32_t seq, uint32_t len, uint8_t tcp_flags,
 }
 
 void Engine::send_ack(Tcb& c) {
-  rte_mbuf* m = header(c, c.snd.nxt, kAck, /*sack_blocks=*/true);
+  // SEQ = SND.MAX, not SND.NXT: after a timeout snd.nxt went back, and an
+  // ACK below the peer's rcv.nxt would fail its acceptability test (as BSD).
+  rte_mbuf* m = header(c, c.snd.max, kAck, /*sack_blocks=*/true, 0);
   if (m == nullptr) return;
   finish_segment(m);
   ++stats_.segments_out;
@@ -240,8 +247,9 @@ void Engine::send_ack(Tcb& c) {
 }
 
 void Engine::send_rst(Tcb& c) {
-  // RFC 9293 §3.10.4 ABORT: <SEQ=SND.NXT><CTL=RST> (with the ACK, as Linux).
-  rte_mbuf* m = header(c, c.snd.nxt, kRst | kAck, false);
+  // RFC 9293 §3.10.4 ABORT: <SEQ=SND.NXT><CTL=RST> (with the ACK, as Linux);
+  // snd.max, the peer's rcv.nxt, when a timeout moved snd.nxt back.
+  rte_mbuf* m = header(c, c.snd.max, kRst | kAck, false, 0);
   if (m == nullptr) return;
   finish_segment(m);
   ++stats_.segments_out;
@@ -314,15 +322,19 @@ void Engine::output(Tcb& c) {
   } else {
     const uint32_t end = data_end(c);
     for (;;) {
-      const uint32_t win = c.snd.wnd < c.snd.cwnd ? c.snd.wnd : c.snd.cwnd;
+      // RFC 3042 limited transmit: the first two duplicate ACKs each let
+      // one new segment out, so that a small window can still yield three.
+      const uint32_t cwnd = c.snd.cwnd + (c.flags.in_recovery ? 0 : (c.snd.dupacks < 2 ? c.snd.dupacks : 2) * c.snd.mss);
+      const uint32_t win = c.snd.wnd < cwnd ? c.snd.wnd : cwnd;
       const uint32_t usable = seq_gt(c.snd.una + win, c.snd.nxt) ? c.snd.una + win - c.snd.nxt : 0;
       const uint32_t avail = seq_gt(end, c.snd.nxt) ? end - c.snd.nxt : 0;
       uint32_t len = avail < usable ? avail : usable;
-      if (len > c.snd.mss) len = c.snd.mss;
+      const uint32_t mss = c.snd.mss - sack_space(c);
+      if (len > mss) len = mss;
       // The FIN rides on the last data segment (C-11), or goes alone.
       const bool fin = c.flags.fin_queued && c.snd.nxt + len == end && seq_lt(c.snd.nxt + len, c.snd.queued_end);
       if (len == 0 && !fin) break;
-      if (len < c.snd.mss && !fin) {
+      if (len < mss && !fin) {
         // RFC 9293 §3.8.6.2.1: no small segment while more data waits for
         // window, unless it is half the largest window ever offered.
         if (len < avail && len < c.snd.max_wnd / 2) break;
@@ -382,7 +394,7 @@ void Engine::sack_recovery_output(Tcb& c) {
         if (seq_in(seq, c.sacked.blocks[i].left, c.sacked.blocks[i].right)) seq = c.sacked.blocks[i].right;
     }
     if (seq_lt(seq, high_sack)) {
-      uint32_t len = c.snd.mss;
+      uint32_t len = c.snd.mss - sack_space(c);
       for (uint8_t i = 0; i < c.sacked.count; ++i)
         if (seq_gt(c.sacked.blocks[i].left, seq) && c.sacked.blocks[i].left - seq < len) len = c.sacked.blocks[i].left - seq;
       if (seq_gt(seq + len, end)) len = end - seq;
@@ -390,6 +402,7 @@ void Engine::sack_recovery_output(Tcb& c) {
       if (len == 0 && !fin) break;
       if (!send_segment(c, seq, len, kAck | (fin ? kFin : 0), /*retransmission=*/true)) break;
       ++stats_.retransmits;
+      if (seq == c.snd.una) c.rxt_mark = c.snd.max;
       c.high_rxt = seq + len;
       continue;
     }
@@ -397,7 +410,7 @@ void Engine::sack_recovery_output(Tcb& c) {
     const uint32_t usable = seq_gt(c.snd.una + c.snd.wnd, c.snd.nxt) ? c.snd.una + c.snd.wnd - c.snd.nxt : 0;
     const uint32_t avail = seq_gt(end, c.snd.nxt) ? end - c.snd.nxt : 0;
     uint32_t len = avail < usable ? avail : usable;
-    if (len > c.snd.mss) len = c.snd.mss;
+    if (len > c.snd.mss - sack_space(c)) len = c.snd.mss - sack_space(c);
     const bool fin = c.flags.fin_queued && c.snd.nxt + len == end && seq_lt(c.snd.nxt + len, c.snd.queued_end);
     if (len == 0 && !fin) break;
     const bool retransmission = seq_lt(c.snd.nxt, c.snd.max);
@@ -517,7 +530,7 @@ void Engine::on_persist_timeout(Tcb& c) {
   // answer with its current window (as Linux does).
   ++stats_.window_probes;
   ++c.persist_probes;
-  rte_mbuf* m = header(c, c.snd.una - 1, kAck, false);
+  rte_mbuf* m = header(c, c.snd.una - 1, kAck, false, 0);
   if (m != nullptr) {
     finish_segment(m);
     ++stats_.segments_out;
@@ -538,10 +551,10 @@ void Engine::on_keepalive_timeout(Tcb& c) {
     raise(c, EventKind::retrieve, RetrieveReason::timeout_expiration);
     return;
   }
-  // RFC 1122 §4.2.3.6: SEG.SEQ = SND.NXT-1, no data.
+  // RFC 1122 §4.2.3.6: an old sequence number (SND.UNA-1), no data.
   ++stats_.keepalive_probes;
   ++c.keepalive_probes_sent;
-  rte_mbuf* m = header(c, c.snd.nxt - 1, kAck, false);
+  rte_mbuf* m = header(c, c.snd.una - 1, kAck, false, 0);
   if (m != nullptr) {
     finish_segment(m);
     ++stats_.segments_out;

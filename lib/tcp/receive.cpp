@@ -159,8 +159,7 @@ void Engine::process_data(Tcb& c, rte_mbuf* m, uint32_t seq, uint32_t len, bool 
     }
     maybe_indicate_fin(c);
     if (c.state == TcpState::time_wait) {
-      send_ack(c);
-      enter_time_wait(c);
+      enter_time_wait(c);  // it ACKs the FIN first
       return;
     }
   }

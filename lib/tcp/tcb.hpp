@@ -126,6 +126,7 @@ struct alignas(RTE_CACHE_LINE_SIZE) Tcb {
   NetBuffer* cursor_nb;        // ... and its NetBuffer starting there
   uint32_t cursor_seq;
   uint32_t high_rxt;           // RFC 6675 HighRxt: highest retransmitted in recovery
+  uint32_t rxt_mark;           // snd.max when the hole at snd.una was last retransmitted
   uint32_t last_ooo_seq;       // first SACK block reports the latest arrival (RFC 2018 §4)
   NetBufferList* recv_head;    // posted receives (C-9)
   NetBufferList* recv_tail;

@@ -286,16 +286,7 @@ inline OffloadState default_state(const Flow& f = Flow{}) {
 }
 
 class EngineTest : public ::testing::Test {
- protected:
-  Flow flow;
-  RecordingHost host;
-  CaptureWire wire;
-  std::unique_ptr<tcp::Engine> engine;
-  ConnectionHandle h;
-  uint64_t now_us = 1'000'000;
-  uint32_t peer_ts = 200;
-  uint32_t peer_seq = 5000;  // the peer's snd.nxt, kept by tests that send data
-
+ public:
   static tcp::EngineConfig config(const std::string& name) {
     tcp::EngineConfig cfg;
     cfg.name = name;
@@ -305,6 +296,16 @@ class EngineTest : public ::testing::Test {
     cfg.attach_pool = attach_pool();
     return cfg;
   }
+
+ protected:
+  Flow flow;
+  RecordingHost host;
+  CaptureWire wire;
+  std::unique_ptr<tcp::Engine> engine;
+  ConnectionHandle h;
+  uint64_t now_us = 1'000'000;
+  uint32_t peer_ts = 200;
+  uint32_t peer_seq = 5000;  // the peer's snd.nxt, kept by tests that send data
 
   void SetUp() override {
     static int n = 0;
