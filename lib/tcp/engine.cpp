@@ -52,8 +52,8 @@ Engine::Engine(const EngineConfig& cfg, HostCallbacks& host, TxSink& wire)
     throw std::runtime_error("engine: max_connections must be 1.." + std::to_string(kSlotMask));
   if (cfg_.header_pool == nullptr || cfg_.attach_pool == nullptr)
     throw std::runtime_error("engine: header_pool and attach_pool are required");
-  table_ = make_hash(cfg_.name + "_conn", cfg_.max_connections, sizeof(Key), cfg_.socket_id);
-  tw_table_ = make_hash(cfg_.name + "_tw", cfg_.time_wait_entries, sizeof(Key), cfg_.socket_id);
+  table_ = make_hash(cfg_.name + "_conn", cfg_.max_connections, kKeyLength, cfg_.socket_id);
+  tw_table_ = make_hash(cfg_.name + "_tw", cfg_.time_wait_entries, kKeyLength, cfg_.socket_id);
   tcbs_.reset(static_cast<Tcb*>(rte_zmalloc_socket("tcbs", sizeof(Tcb) * cfg_.max_connections,
                                                    RTE_CACHE_LINE_SIZE, cfg_.socket_id)));
   if (!tcbs_) throw std::runtime_error("engine: cannot allocate " + std::to_string(cfg_.max_connections) + " TCBs");

@@ -1,6 +1,7 @@
 // Definitions shared by the engine's source files (not part of its interface).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include <rte_tcp.h>
@@ -11,14 +12,16 @@
 
 namespace chimney::tcp {
 
-// The 4-tuple, host byte order, as the table's key.
-struct Engine::Key {
+// The 4-tuple, host byte order, as the table's key: 12 bytes hashed, the
+// record 8-aligned for rte_hash_crc's 8-byte loads.
+struct alignas(8) Engine::Key {
   uint32_t remote_ip;
   uint32_t local_ip;
   uint16_t remote_port;
   uint16_t local_port;
 };
-static_assert(sizeof(Engine::Key) == 12);
+inline constexpr uint32_t kKeyLength = 12;
+static_assert(offsetof(Engine::Key, local_port) + sizeof(uint16_t) == kKeyLength);
 
 // C-19: what is kept of a connection in TIME_WAIT.
 struct Engine::TimeWait {
