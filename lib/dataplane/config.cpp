@@ -233,8 +233,15 @@ ParseOutcome parse_config(const std::vector<std::string>& args) {
     ("slowpath-ring", po::value<unsigned>(&cfg.slowpath_ring)->default_value(cfg.slowpath_ring),
      "frames each worker can queue for the slow path (power of two, 64-1048576)");
 
+  po::options_description engine("Offload engine");
+  engine.add_options()
+    ("max-connections", po::value<unsigned>(&cfg.max_connections)->default_value(cfg.max_connections),
+     "offloaded connections per worker and port (1-1048575)")
+    ("msl-ms", po::value<unsigned>(&cfg.msl_ms)->default_value(cfg.msl_ms),
+     "maximum segment lifetime; TIME_WAIT lasts twice this (100-600000)");
+
   po::options_description all("chimneyd [EAL options --] [options]");
-  all.add(general).add(ports).add(slow);
+  all.add(general).add(ports).add(slow).add(engine);
 
   po::variables_map vm;
   try {
@@ -294,6 +301,8 @@ ParseOutcome parse_config(const std::vector<std::string>& args) {
     range("neighbour-entries", cfg.neighbour_entries, 8, 1048576);
     range("neighbour-reachable-s", cfg.neighbour_reachable_s, 1, 86400);
     range("slowpath-ring", cfg.slowpath_ring, 64, 1048576);
+    range("max-connections", cfg.max_connections, 1, 1048575);
+    range("msl-ms", cfg.msl_ms, 100, 600000);
     if ((cfg.slowpath_ring & (cfg.slowpath_ring - 1)) != 0)
       throw BadValue{"slowpath-ring", "must be a power of two"};
 

@@ -52,6 +52,8 @@ struct Config {
   unsigned neighbour_entries = 1024;
   unsigned neighbour_reachable_s = 60;
   unsigned slowpath_ring = 4096;
+  unsigned max_connections = 16384;  // per worker and port
+  unsigned msl_ms = 30000;           // TIME_WAIT lasts 2·MSL (C-19)
 };
 
 // The outcome of reading the options: run with a config, or exit at once

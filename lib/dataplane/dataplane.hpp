@@ -14,6 +14,7 @@
 #include "dataplane/config.hpp"
 #include "dataplane/counters.hpp"
 #include "dataplane/port.hpp"
+#include "tcp/engine.hpp"
 #include "net/packet.hpp"
 
 namespace chimney::dataplane {
@@ -25,6 +26,10 @@ struct Dataplane {
   std::vector<unsigned> worker_lcores;               // worker slot w+1 runs on worker_lcores[w]
   std::vector<rte_ring*> to_slowpath;    // per worker: frames for the slow path (worker -> main)
   std::vector<rte_ring*> from_slowpath;  // per worker: frames the slow path sends (main -> worker)
+  std::vector<rte_ring*> ops;            // per worker: OffloadOp requests (main -> worker)
+  std::vector<rte_ring*> notes;          // per worker: OffloadNote completions (worker -> main)
+  rte_mempool* op_pool = nullptr;        // OffloadOp and OffloadNote records
+  std::vector<rte_mempool*> attach_pools;  // per port: mbufs for zero-copy send payload
   // counters[slot * ports.size() + port]: slot 0 is the main lcore, slot w+1 worker w.
   std::unique_ptr<Counters[]> counters;
   std::atomic<bool> stop{false};
@@ -46,6 +51,13 @@ struct WorkerContext {
   Dataplane* dp;
   size_t slot;     // 1-based: counters slot, and RX/TX queue slot - 1
 };
+
+// The engine configuration a worker uses for `port` (also for tests).
+tcp::EngineConfig engine_config(const Dataplane& dp, size_t worker, size_t port);
+
+// A record for the ops/notes rings; nullptr when the pool is empty.
+void* alloc_op_record(Dataplane& dp);
+void free_op_record(Dataplane& dp, void* record);
 
 // The worker lcore loop: RX burst, demux, TX burst, until dp->stop.
 // `arg` is a WorkerContext*.

@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include <rte_cycles.h>
+#include <rte_errno.h>
 #include <rte_eal.h>
 #include <rte_ethdev.h>
 #include <rte_launch.h>
@@ -14,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include "dataplane/dataplane.hpp"
+#include "dataplane/offload_ops.hpp"
 #include "dataplane/slowpath.hpp"
 #include "dataplane/stats.hpp"
 
@@ -87,6 +89,24 @@ void build_dataplane(Dataplane& dp, const EalPlan&) {
   for (unsigned w = 0; w < workers; ++w) {
     dp.to_slowpath.push_back(make_ring("to_slow_w" + std::to_string(w)));
     dp.from_slowpath.push_back(make_ring("from_slow_w" + std::to_string(w)));
+    dp.ops.push_back(make_ring("ops_w" + std::to_string(w)));
+    dp.notes.push_back(make_ring("notes_w" + std::to_string(w)));
+  }
+  const size_t record = sizeof(OffloadOp) > sizeof(OffloadNote) ? sizeof(OffloadOp) : sizeof(OffloadNote);
+  dp.op_pool = rte_mempool_create("offload_ops", 4 * dp.cfg.slowpath_ring * workers - 1,
+                                  static_cast<unsigned>(record), 64, 0, nullptr, nullptr, nullptr, nullptr,
+                                  static_cast<int>(rte_socket_id()), 0);
+  if (dp.op_pool == nullptr)
+    throw std::runtime_error(std::string("cannot create the offload op pool: ") + rte_strerror(rte_errno));
+  for (size_t p = 0; p < dp.ports.size(); ++p) {
+    // Payload mbufs carry no data room: they point into host memory.
+    const std::string name = "attach_p" + std::to_string(p);
+    rte_mempool* pool = rte_pktmbuf_pool_create(name.c_str(), dp.cfg.mbufs, 256, 0, 0,
+                                                static_cast<int>(rte_socket_id()));
+    if (pool == nullptr)
+      throw std::runtime_error("cannot create " + name + ": " + rte_strerror(rte_errno) +
+                               " (lower --mbufs or raise --memory-mb)");
+    dp.attach_pools.push_back(pool);
   }
 }
 
@@ -96,6 +116,17 @@ void teardown(Dataplane& dp) {
     spdlog::info("port {} {} stopped and closed", port.index, port.device);
   }
   dp.ports.clear();
+  for (auto* rings : {&dp.ops, &dp.notes}) {
+    for (rte_ring* r : *rings) {
+      void* rec = nullptr;
+      while (rte_ring_dequeue(r, &rec) == 0) {
+        if (rings == &dp.notes && static_cast<OffloadNote*>(rec)->heap) ::operator delete(rec);
+        else rte_mempool_put(dp.op_pool, rec);
+      }
+      rte_ring_free(r);
+    }
+    rings->clear();
+  }
   for (auto* rings : {&dp.to_slowpath, &dp.from_slowpath}) {
     for (rte_ring* r : *rings) {
       void* m = nullptr;
@@ -117,7 +148,7 @@ void route_dpdk_log_to_spdlog() {
   rte_openlog_stream(f);
 }
 
-int run_target(const Config& cfg, const EalPlan& plan) {
+int run_target(const Config& cfg, const EalPlan& plan, const ServiceFactory& make_service) {
   std::string cmdline;
   for (const auto& a : plan.args) cmdline += (cmdline.empty() ? "" : " ") + a;
   spdlog::info("chimneyd {} starting; memory: {}", CHIMNEY_VERSION, plan.memory_note);
@@ -157,6 +188,16 @@ int run_target(const Config& cfg, const EalPlan& plan) {
 
   {
   SlowPath slow(*dp);  // destroyed (neighbour tables, queued frames) before the EAL goes
+  std::unique_ptr<MainService> service;
+  if (make_service) {
+    try {
+      service = make_service(*dp, slow);
+    } catch (const std::exception& e) {
+      spdlog::error("{}", e.what());
+      g_stop = 1;
+      rc = 1;
+    }
+  }
   attach_telemetry(dp.get());
   spdlog::info("chimneyd ready: {} port(s), {} worker lcore(s), telemetry: dpdk-telemetry.py -f {}",
                dp->ports.size(), dp->worker_lcores.size(), plan.file_prefix);
@@ -167,6 +208,7 @@ int run_target(const Config& cfg, const EalPlan& plan) {
   while (g_stop == 0) {
     const uint64_t now = rte_get_tsc_cycles();
     unsigned work = slow.poll(now);
+    if (service) work += service->poll(now);
     if (now >= next_tick) {
       slow.tick(now);
       next_tick = now + hz / 10;
@@ -182,6 +224,7 @@ int run_target(const Config& cfg, const EalPlan& plan) {
   dp->stop.store(true);
   rte_eal_mp_wait_lcore();
   detach_telemetry();
+  service.reset();  // after the workers: no engine touches host memory any more
   }
   log_counters(*dp);
   teardown(*dp);

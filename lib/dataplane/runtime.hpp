@@ -2,16 +2,33 @@
 // main loop, and a clean stop on SIGINT/SIGTERM.
 #pragma once
 
+#include <cstdint>
+#include <functional>
+#include <memory>
+
 #include "dataplane/config.hpp"
 #include "dataplane/eal.hpp"
 
 namespace chimney::dataplane {
+
+struct Dataplane;
+class SlowPath;
+
+// A service the main lcore runs beside the slow path (the control server).
+class MainService {
+ public:
+  virtual ~MainService() = default;
+  // Does what is ready; returns how much work it found (0: idle).
+  virtual unsigned poll(uint64_t now_tsc) = 0;
+};
+// Made once the ports run; throws std::runtime_error to refuse to start.
+using ServiceFactory = std::function<std::unique_ptr<MainService>(Dataplane&, SlowPath&)>;
 
 // Sends DPDK's own log lines through spdlog (keeping their levels).
 void route_dpdk_log_to_spdlog();
 
 // Runs the target until SIGINT or SIGTERM. Returns the exit code: 0 after a
 // clean stop, 1 when start-up failed (the reason is logged as one error line).
-int run_target(const Config& cfg, const EalPlan& plan);
+int run_target(const Config& cfg, const EalPlan& plan, const ServiceFactory& make_service = {});
 
 }  // namespace chimney::dataplane

@@ -1,8 +1,13 @@
+#include <deque>
+#include <memory>
+#include <new>
+
 #include <rte_cycles.h>
 #include <rte_ether.h>
 #include <rte_ip.h>
 
 #include "dataplane/dataplane.hpp"
+#include "dataplane/offload_ops.hpp"
 
 namespace chimney::dataplane {
 
@@ -47,6 +52,144 @@ void IdleBackoff::update(unsigned work) {
   if (++idle_ >= kSpinsBeforeSleep) rte_delay_us_sleep(sleep_us_);
 }
 
+tcp::EngineConfig engine_config(const Dataplane& dp, size_t worker, size_t port) {
+  tcp::EngineConfig cfg;
+  cfg.name = "w" + std::to_string(worker) + "p" + std::to_string(port);
+  cfg.socket_id = static_cast<int>(rte_socket_id());
+  cfg.max_connections = dp.cfg.max_connections;
+  cfg.time_wait_entries = dp.cfg.max_connections;
+  cfg.msl_ms = dp.cfg.msl_ms;
+  cfg.tx_caps = dp.ports[port].tx_caps;
+  cfg.header_pool = dp.ports[port].pool;
+  cfg.attach_pool = dp.attach_pools[port];
+  return cfg;
+}
+
+void* alloc_op_record(Dataplane& dp) {
+  void* r = nullptr;
+  return rte_mempool_get(dp.op_pool, &r) == 0 ? r : nullptr;
+}
+
+void free_op_record(Dataplane& dp, void* record) { rte_mempool_put(dp.op_pool, record); }
+
+namespace {
+
+// The engine's segments go out on the worker's TX queue of its port.
+class PortSink : public tcp::TxSink {
+ public:
+  explicit PortSink(TxQueue& q) : q_(q) {}
+  void transmit(rte_mbuf** pkts, uint16_t n) override {
+    for (uint16_t i = 0; i < n; ++i) q_.push(pkts[i]);
+  }
+
+ private:
+  TxQueue& q_;
+};
+
+// The host as a worker sees it: every callback becomes an OffloadNote for
+// the main lcore. Data with no posted receive is never taken here (the host
+// is in another process): it stays buffered (C-10) and RECEIVE_READY says so.
+class NoteHost : public HostCallbacks {
+ public:
+  NoteHost(Dataplane& dp, rte_ring* ring, uint16_t port) : dp_(dp), ring_(ring), port_(port) {}
+
+  void offload_complete(ConnectionHandle h, void* ctx, Status s) override {
+    OffloadNote* n = note(OffloadNote::Kind::offload, h, ctx);
+    n->status = s;
+    post(n);
+  }
+  void send_complete(ConnectionHandle h, void* ctx, NetBufferList* chain) override {
+    OffloadNote* n = note(OffloadNote::Kind::send, h, ctx);
+    n->nbl = chain;
+    post(n);
+  }
+  void receive_complete(ConnectionHandle h, void* ctx, NetBufferList* chain) override {
+    OffloadNote* n = note(OffloadNote::Kind::receive, h, ctx);
+    n->nbl = chain;
+    post(n);
+  }
+  IndicateResult receive_indicate(ConnectionHandle h, void* ctx, const uint8_t*, uint32_t length, bool) override {
+    OffloadNote* n = note(OffloadNote::Kind::receive_ready, h, ctx);
+    n->value = length;
+    post(n);
+    return {0};
+  }
+  void disconnect_complete(ConnectionHandle h, void* ctx, NetBufferList* nbl) override {
+    OffloadNote* n = note(OffloadNote::Kind::disconnect, h, ctx);
+    n->nbl = nbl;
+    post(n);
+  }
+  void terminate_complete(ConnectionHandle h, void* ctx, Status s, DelegatedState& state) override {
+    OffloadNote* n = note(OffloadNote::Kind::terminate, h, ctx);
+    n->status = s;
+    n->state = new DelegatedState(std::move(state));  // a terminate is rare: the control path's
+    post(n);
+  }
+  void event(ConnectionHandle h, void* ctx, EventKind k, RetrieveReason r, uint32_t value) override {
+    OffloadNote* n = note(OffloadNote::Kind::event, h, ctx);
+    n->event = k;
+    n->reason = r;
+    n->value = value;
+    post(n);
+  }
+
+  // Notes that found the ring full wait here (never dropped: every request
+  // completes exactly once).
+  void retry() {
+    while (!backlog_.empty() && rte_ring_sp_enqueue(ring_, backlog_.front()) == 0) backlog_.pop_front();
+  }
+
+ private:
+  OffloadNote* note(OffloadNote::Kind k, ConnectionHandle h, void* ctx) {
+    void* r = alloc_op_record(dp_);
+    const bool heap = r == nullptr;
+    if (heap) r = ::operator new(sizeof(OffloadNote));  // pool exhausted: never lose a completion
+    auto* n = new (r) OffloadNote{};
+    n->heap = heap;
+    n->kind = k;
+    n->handle = h;
+    n->host_context = ctx;
+    n->port = port_;
+    return n;
+  }
+  void post(OffloadNote* n) {
+    if (!backlog_.empty() || rte_ring_sp_enqueue(ring_, n) != 0) backlog_.push_back(n);
+  }
+  Dataplane& dp_;
+  rte_ring* ring_;
+  uint16_t port_;
+  std::deque<OffloadNote*> backlog_;
+};
+
+void apply(tcp::Engine& e, NoteHost& host, const OffloadOp& op) {
+  Status st = Status::pending;
+  switch (op.kind) {
+    case OffloadOp::Kind::offload: {
+      ConnectionHandle h;
+      e.initiate_offload(*op.state, op.host_context, &h);
+      return;  // completes through offload_complete on the next poll
+    }
+    case OffloadOp::Kind::send: st = e.send(op.handle, op.nbl); break;
+    case OffloadOp::Kind::receive: st = e.receive(op.handle, op.nbl); break;
+    case OffloadOp::Kind::disconnect: st = e.disconnect(op.handle, op.nbl, op.disconnect_kind); break;
+    case OffloadOp::Kind::terminate: st = e.terminate(op.handle); break;
+  }
+  if (st == Status::pending) return;
+  // Refused at once (a handle already released): complete it here.
+  for (NetBufferList* n = op.nbl; n != nullptr; n = n->next) n->status = st;
+  switch (op.kind) {
+    case OffloadOp::Kind::send: host.send_complete(op.handle, op.host_context, op.nbl); break;
+    case OffloadOp::Kind::receive: host.receive_complete(op.handle, op.host_context, op.nbl); break;
+    case OffloadOp::Kind::disconnect: host.disconnect_complete(op.handle, op.host_context, op.nbl); break;
+    default: {
+      DelegatedState none;
+      host.terminate_complete(op.handle, op.host_context, st, none);
+    }
+  }
+}
+
+}  // namespace
+
 int worker_main(void* arg) {
   auto& ctx = *static_cast<WorkerContext*>(arg);
   Dataplane& dp = *ctx.dp;
@@ -57,37 +200,63 @@ int worker_main(void* arg) {
 
   std::vector<TxQueue> tx(dp.ports.size());
   for (size_t p = 0; p < dp.ports.size(); ++p) tx[p].bind(dp.ports[p].id, queue, &dp.at(ctx.slot, p));
+  // One engine per port: its own connections, timers and TIME_WAIT entries.
+  std::vector<std::unique_ptr<PortSink>> sinks;
+  std::vector<std::unique_ptr<NoteHost>> hosts;
+  std::vector<std::unique_ptr<tcp::Engine>> engines;
+  for (size_t p = 0; p < dp.ports.size(); ++p) {
+    sinks.push_back(std::make_unique<PortSink>(tx[p]));
+    hosts.push_back(std::make_unique<NoteHost>(dp, dp.notes[queue], static_cast<uint16_t>(p)));
+    engines.push_back(std::make_unique<tcp::Engine>(engine_config(dp, queue, p), *hosts[p], *sinks[p]));
+  }
 
   std::array<rte_mbuf*, 256> rx{};
+  std::array<rte_mbuf*, 256> tcp{};
   std::array<rte_mbuf*, 256> slow{};
+  std::array<void*, 64> ops{};
   IdleBackoff idle(dp.cfg.idle_sleep_us);
+  const uint64_t cycles_per_us = rte_get_tsc_hz() / 1'000'000 == 0 ? 1 : rte_get_tsc_hz() / 1'000'000;
 
   while (!dp.stop.load(std::memory_order_relaxed)) {
     unsigned work = 0;
+    const uint64_t now_us = rte_get_tsc_cycles() / cycles_per_us;
+    // Requests from the main lcore.
+    const unsigned n_ops = rte_ring_sc_dequeue_burst(dp.ops[queue], ops.data(), ops.size(), nullptr);
+    for (unsigned i = 0; i < n_ops; ++i) {
+      auto* op = static_cast<OffloadOp*>(ops[i]);
+      apply(*engines[op->port], *hosts[op->port], *op);
+      free_op_record(dp, op);
+    }
+    work += n_ops;
     for (size_t p = 0; p < dp.ports.size(); ++p) {
       const Port& port = dp.ports[p];
       Counters& c = dp.at(ctx.slot, p);
       const uint16_t n = rte_eth_rx_burst(port.id, queue, rx.data(), burst);
-      if (n == 0) continue;
-      work += n;
-      uint64_t bytes = 0;
       unsigned n_slow = 0;
-      for (uint16_t i = 0; i < n; ++i) {
-        rte_mbuf* m = rx[i];
-        bytes += rte_pktmbuf_pkt_len(m);
-        const net::Classified k = accept_frame(port, m);
-        if (k.kind == FrameKind::drop) {
-          c.drop(k.reason);
-          rte_pktmbuf_free(m);
-          continue;
+      if (n != 0) {
+        work += n;
+        uint64_t bytes = 0;
+        uint16_t n_tcp = 0;
+        for (uint16_t i = 0; i < n; ++i) {
+          rte_mbuf* m = rx[i];
+          bytes += rte_pktmbuf_pkt_len(m);
+          const net::Classified k = accept_frame(port, m);
+          if (k.kind == FrameKind::drop) {
+            c.drop(k.reason);
+            rte_pktmbuf_free(m);
+          } else if (k.kind == FrameKind::tcp) {
+            tcp[n_tcp++] = m;
+          } else {
+            slow[n_slow++] = m;  // ARP and ICMP belong to the slow path
+          }
         }
-        // ARP and ICMP belong to the slow path. A TCP segment matches no
-        // offloaded connection yet (the engine's 4-tuple lookup goes here),
-        // so the slow path answers it as for a closed port.
-        slow[n_slow++] = m;
+        c.rx_packets.add(n);
+        c.rx_bytes.add(bytes);
+        // Offloaded connections' segments stay here; the rest (handshakes,
+        // closed ports) go to the slow path.
+        if (n_tcp != 0) n_slow += engines[p]->input(tcp.data(), n_tcp, now_us, slow.data() + n_slow);
       }
-      c.rx_packets.add(n);
-      c.rx_bytes.add(bytes);
+      engines[p]->poll(now_us);
       if (n_slow != 0) {
         const unsigned queued = rte_ring_sp_enqueue_burst(ring, reinterpret_cast<void**>(slow.data()),
                                                           n_slow, nullptr);
@@ -97,18 +266,17 @@ int worker_main(void* arg) {
           rte_pktmbuf_free(slow[i]);
         }
       }
-      tx[p].flush();
+      hosts[p]->retry();
     }
     // Frames the slow path built go out on this worker's TX queues.
     const unsigned n_out = rte_ring_sc_dequeue_burst(from_slow, reinterpret_cast<void**>(slow.data()),
                                                      burst, nullptr);
     for (unsigned i = 0; i < n_out; ++i) tx[dp.port_index[slow[i]->port]].push(slow[i]);
-    if (n_out != 0) {
-      for (auto& q : tx) q.flush();
-      work += n_out;
-    }
+    work += n_out;
+    for (auto& q : tx) q.flush();
     idle.update(work);
   }
+  engines.clear();  // buffers the engines hold go back before the pools do
   for (auto& q : tx) q.flush();
   return 0;
 }
