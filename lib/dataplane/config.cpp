@@ -241,7 +241,20 @@ ParseOutcome parse_config(const std::vector<std::string>& args) {
      "maximum segment lifetime; TIME_WAIT lasts twice this (100-600000)");
 
   po::options_description all("chimneyd [EAL options --] [options]");
-  all.add(general).add(ports).add(slow).add(engine);
+  std::string allowed_uids;
+  po::options_description control("Control socket");
+  control.add_options()
+    ("control-socket", po::value<std::string>(&cfg.control_socket)->default_value(cfg.control_socket),
+     "Unix socket hosts connect to (directory made 0700, socket 0600); empty: none")
+    ("control-allowed-uids", po::value<std::string>(&allowed_uids),
+     "comma-separated uids allowed besides root")
+    ("control-max-connections", po::value<unsigned>(&cfg.control_max_connections)
+       ->default_value(cfg.control_max_connections), "connections per session (1-16777216)")
+    ("control-max-requests", po::value<unsigned>(&cfg.control_max_requests)
+       ->default_value(cfg.control_max_requests), "outstanding requests per connection (1-1048576)")
+    ("control-max-memory-mb", po::value<unsigned>(&cfg.control_max_memory_mb)
+       ->default_value(cfg.control_max_memory_mb), "shared memory a session may register, MiB (1-1048576)");
+  all.add(general).add(ports).add(slow).add(engine).add(control);
 
   po::variables_map vm;
   try {
@@ -303,6 +316,18 @@ ParseOutcome parse_config(const std::vector<std::string>& args) {
     range("slowpath-ring", cfg.slowpath_ring, 64, 1048576);
     range("max-connections", cfg.max_connections, 1, 1048575);
     range("msl-ms", cfg.msl_ms, 100, 600000);
+    range("control-max-connections", cfg.control_max_connections, 1, 16777216);
+    range("control-max-requests", cfg.control_max_requests, 1, 1048576);
+    range("control-max-memory-mb", cfg.control_max_memory_mb, 1, 1048576);
+    if (!allowed_uids.empty()) {
+      std::stringstream us(allowed_uids);
+      for (std::string u; std::getline(us, u, ',');) {
+        unsigned uid = 0;
+        if (!parse_uint(u, uid, 0, 0xfffffffe))
+          throw BadValue{"control-allowed-uids", "'" + u + "' is not a uid"};
+        cfg.control_allowed_uids.push_back(uid);
+      }
+    }
     if ((cfg.slowpath_ring & (cfg.slowpath_ring - 1)) != 0)
       throw BadValue{"slowpath-ring", "must be a power of two"};
 

@@ -54,6 +54,12 @@ struct Config {
   unsigned slowpath_ring = 4096;
   unsigned max_connections = 16384;  // per worker and port
   unsigned msl_ms = 30000;           // TIME_WAIT lasts 2·MSL (C-19)
+  // Control socket (docs/CONTROL_PROTOCOL.md); empty path: none.
+  std::string control_socket = "/run/chimney/chimney.sock";
+  std::vector<unsigned> control_allowed_uids;  // root is always allowed
+  unsigned control_max_connections = 65536;    // per session
+  unsigned control_max_requests = 4096;        // outstanding per connection
+  unsigned control_max_memory_mb = 4096;       // registered per session
 };
 
 // The outcome of reading the options: run with a config, or exit at once

@@ -4,17 +4,40 @@
 // ring), which owns the port's TX queues.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <unordered_map>
 #include <vector>
+
+#include "chimney/offload_state.hpp"
 
 #include "dataplane/dataplane.hpp"
 #include "dataplane/neighbour.hpp"
+#include "net/build.hpp"
 
 namespace chimney::dataplane {
 
 class SlowPath {
  public:
   explicit SlowPath(Dataplane& dp);
+  ~SlowPath();
+
+  // Active open for a host without a stack (RFC 9293 §3.5): SYN with MSS,
+  // window scale, SACK-permitted and timestamps; on the SYN-ACK the ACK goes
+  // out and `done` gets the established state to offload. `done` gets a
+  // status and no state when the peer refused (REQUEST_ABORTED, a RST) or
+  // never answered (FAILURE, after 3 retransmissions) or the request was bad.
+  using ConnectDone = std::function<void(Status, const OffloadState*)>;
+  struct ConnectRequest {
+    size_t port = 0;
+    net::Ipv4Addr remote_ip;
+    uint16_t remote_port = 0;
+    uint16_t local_port = 0;  // 0: an ephemeral port
+    CachedState cached;
+  };
+  Status connect(const ConnectRequest& req, ConnectDone done);
+  // The port whose prefix (or gateway) reaches `ip`; -1 when none does.
+  int port_for(net::Ipv4Addr ip) const;
 
   // Handles what the workers queued; returns the number of frames taken.
   unsigned poll(uint64_t now);
@@ -38,14 +61,25 @@ class SlowPath {
     void drop_unresolved(rte_mbuf* m) override;
   };
 
+  struct Handshake;
+  struct TupleHash {
+    size_t operator()(uint64_t k) const { return std::hash<uint64_t>()(k); }
+  };
   void handle(rte_mbuf* m, uint64_t now);
   void handle_arp(size_t port, rte_mbuf* m, uint64_t now);
+  bool handle_handshake(size_t port, rte_mbuf* m, uint64_t now);
+  void send_syn(Handshake& hs, uint64_t now);
+  void send_tcp(size_t port, const net::TcpFrameSpec& spec, uint64_t now);
+  void handshake_tick(uint64_t now);
   void transmit(size_t port, rte_mbuf* m);
   Counters& counters(size_t port) { return dp_.at(0, port); }
 
   Dataplane& dp_;
   std::vector<std::unique_ptr<Link>> links_;
   uint16_t ip_id_ = 0;
+  uint16_t next_ephemeral_ = 49152;
+  // Handshakes in progress, by (remote ip, remote port, local port).
+  std::unordered_map<uint64_t, std::unique_ptr<Handshake>, TupleHash> handshakes_;
 };
 
 }  // namespace chimney::dataplane

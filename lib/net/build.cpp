@@ -224,4 +224,48 @@ bool tcp_rst_for_unknown_in_place(rte_mbuf* m, uint16_t ip_id) {
   return true;
 }
 
+rte_mbuf* build_tcp_frame(rte_mempool* pool, const TcpFrameSpec& spec, const uint8_t* payload,
+                          uint16_t payload_len) {
+  rte_mbuf* m = rte_pktmbuf_alloc(pool);
+  if (m == nullptr) return nullptr;
+  uint8_t opt[kMaxTcpOptionBytes];
+  const size_t optlen = write_tcp_options(opt, spec.opts);
+  const uint16_t l4 = static_cast<uint16_t>(sizeof(rte_tcp_hdr) + optlen);
+  const uint16_t total = static_cast<uint16_t>(sizeof(rte_ether_hdr) + sizeof(rte_ipv4_hdr) + l4 + payload_len);
+  auto* p = reinterpret_cast<uint8_t*>(rte_pktmbuf_append(m, total));
+  if (p == nullptr) {
+    rte_pktmbuf_free(m);
+    return nullptr;
+  }
+  auto* eth = reinterpret_cast<rte_ether_hdr*>(p);
+  eth->dst_addr = spec.dst_mac;
+  eth->src_addr = spec.src_mac;
+  eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
+  auto* ip = reinterpret_cast<rte_ipv4_hdr*>(eth + 1);
+  ip->version_ihl = RTE_IPV4_VHL_DEF;
+  ip->type_of_service = spec.tos;
+  ip->total_length = rte_cpu_to_be_16(static_cast<uint16_t>(sizeof(rte_ipv4_hdr) + l4 + payload_len));
+  ip->packet_id = rte_cpu_to_be_16(spec.ip_id);
+  ip->fragment_offset = rte_cpu_to_be_16(RTE_IPV4_HDR_DF_FLAG);
+  ip->time_to_live = spec.ttl;
+  ip->next_proto_id = IPPROTO_TCP;
+  ip->hdr_checksum = 0;
+  ip->src_addr = spec.src_ip.be();
+  ip->dst_addr = spec.dst_ip.be();
+  auto* th = reinterpret_cast<rte_tcp_hdr*>(ip + 1);
+  th->src_port = rte_cpu_to_be_16(spec.src_port);
+  th->dst_port = rte_cpu_to_be_16(spec.dst_port);
+  th->sent_seq = rte_cpu_to_be_32(spec.seq);
+  th->recv_ack = rte_cpu_to_be_32(spec.ack);
+  th->data_off = static_cast<uint8_t>((l4 / 4) << 4);
+  th->tcp_flags = spec.flags;
+  th->rx_win = rte_cpu_to_be_16(spec.window);
+  th->cksum = 0;
+  th->tcp_urp = 0;
+  std::memcpy(th + 1, opt, optlen);
+  if (payload_len != 0) std::memcpy(reinterpret_cast<uint8_t*>(th) + l4, payload, payload_len);
+  set_lens(m, sizeof(rte_ether_hdr), sizeof(rte_ipv4_hdr), l4);
+  return m;
+}
+
 }  // namespace chimney::net

@@ -9,6 +9,7 @@
 #include <rte_mempool.h>
 
 #include "net/addr.hpp"
+#include "net/tcp_options.hpp"
 
 namespace chimney::net {
 
@@ -48,5 +49,30 @@ void icmp_echo_reply_in_place(rte_mbuf* m, uint16_t ip_id);
 // Returns false (and leaves the mbuf alone) when the segment itself is a RST:
 // a RST is never answered.
 bool tcp_rst_for_unknown_in_place(rte_mbuf* m, uint16_t ip_id);
+
+// A TCP segment's headers, for build_tcp_frame.
+struct TcpFrameSpec {
+  rte_ether_addr src_mac{};
+  rte_ether_addr dst_mac{};
+  Ipv4Addr src_ip;
+  Ipv4Addr dst_ip;
+  uint16_t src_port = 0;
+  uint16_t dst_port = 0;
+  uint32_t seq = 0;
+  uint32_t ack = 0;
+  uint8_t flags = 0;       // RTE_TCP_*_FLAG
+  uint16_t window = 0;     // the field value
+  uint8_t ttl = 64;
+  uint8_t tos = 0;
+  uint16_t ip_id = 0;
+  TcpOptions opts;         // written with write_tcp_options
+};
+
+// A frame with Ethernet, IPv4 (DF set) and TCP headers and `payload_len`
+// bytes of `payload` (may be nullptr when payload_len is 0), lengths set,
+// l2/l3/l4_len set; checksums are left to finalize_tx_checksums. nullptr when
+// the pool is empty or the frame does not fit one mbuf.
+rte_mbuf* build_tcp_frame(rte_mempool* pool, const TcpFrameSpec& spec, const uint8_t* payload = nullptr,
+                          uint16_t payload_len = 0);
 
 }  // namespace chimney::net

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""A Linux TCP peer for the integration tests, run inside the test's namespace
+with `ip netns exec`. It prints one JSON line when it is done.
+
+  peer.py sink PORT            accept one connection, read to EOF (or reset);
+                               report bytes, sha256, and how it ended
+  peer.py source PORT NBYTES   accept one connection, send NBYTES of the test
+                               stream, then close; report bytes and sha256
+  peer.py stall PORT           accept one connection, never read; report how
+                               the connection ended (ECONNRESET expected)
+  peer.py echo-close PORT      accept, read to EOF, then close (half-close test)
+
+It prints 'listening' on stdout once it listens, so the test can connect.
+"""
+import hashlib
+import json
+import socket
+import sys
+import time
+
+
+PERIOD = 65537  # prime: no segment or chunk size lines up with it
+_PATTERN = hashlib.shake_256(b"chimney test stream").digest(PERIOD)
+_DOUBLE = _PATTERN * 2
+
+
+def stream(n, offset=0):
+    """The test stream: byte i is _PATTERN[i % PERIOD]."""
+    out = bytearray()
+    while n > 0:
+        start = offset % PERIOD
+        take = min(n, PERIOD)
+        out += _DOUBLE[start:start + take]
+        offset += take
+        n -= take
+    return bytes(out)
+
+
+def chunks(total, size=1 << 16):
+    sent = 0
+    while sent < total:
+        n = min(size, total - sent)
+        yield stream(n, sent)
+        sent += n
+
+
+def listen(port):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(4)
+    print("listening", flush=True)
+    conn, addr = srv.accept()
+    srv.close()
+    return conn, addr
+
+
+def main():
+    mode, port = sys.argv[1], int(sys.argv[2])
+    conn, addr = listen(port)
+    result = {"peer": addr[0], "peer_port": addr[1]}
+    h = hashlib.sha256()
+    n = 0
+    try:
+        if mode in ("sink", "echo-close"):
+            while True:
+                data = conn.recv(1 << 20)
+                if not data:
+                    result["end"] = "eof"
+                    break
+                h.update(data)
+                n += len(data)
+        elif mode == "source":
+            total = int(sys.argv[3])
+            for c in chunks(total):
+                conn.sendall(c)
+                h.update(c)
+                n += len(c)
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(1 << 16):
+                pass
+            result["end"] = "eof"
+        elif mode == "stall":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                time.sleep(0.05)
+                try:
+                    # MSG_PEEK of 0 bytes would not see the RST; a non-blocking
+                    # 1-byte peek does without consuming the stream.
+                    conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    result["end"] = "reset"
+                    break
+    except ConnectionResetError:
+        result["end"] = "reset"
+    result["bytes"] = n
+    result["sha256"] = h.hexdigest()
+    conn.close()
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
