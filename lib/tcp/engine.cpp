@@ -195,6 +195,7 @@ void Engine::initiate_offload(const OffloadState& s, void* host_context, Connect
   c.rcv.nxt = d.rcv_nxt;
   c.rcv.adv = d.rcv_nxt + (d.rcv_wnd != 0 ? d.rcv_wnd : cached.initial_rcv_wnd);
   c.rcv.ts_recent = d.ts_recent;
+  c.rcv.last_ack_sent = d.rcv_nxt;
   c.rcv.ts_recent_ms = static_cast<uint32_t>(now_ms_ - d.ts_recent_age_ms);
   c.rtt.srtt_us = d.srtt_us;
   c.rtt.rttvar_us = d.rttvar_us;

@@ -171,6 +171,7 @@ class Engine final : public OffloadTarget {
 
   std::unique_ptr<OooSegment[]> ooo_nodes_;
   OooSegment* ooo_free_list_ = nullptr;
+  uint32_t ooo_arrivals_ = 0;  // stamps OooSegment::arrival
 
   TimerWheel wheel_;
   uint64_t now_us_ = 0;

@@ -172,8 +172,10 @@ void Engine::segment_arrives(Tcb& c, rte_mbuf* m) {
     rte_pktmbuf_free(m);
     return;
   }
-  // RFC 7323 §4.3: keep the timestamp of the segment that covers rcv.nxt.
-  if (c.flags.timestamps && s.opts.has_timestamp && seq_leq(s.seq, c.rcv.nxt)) {
+  // RFC 7323 §4.3 (2): TS.Recent takes SEG.TSval when SEG.SEQ <=
+  // Last.ACK.sent (not rcv.nxt): an ACK covering several segments echoes the
+  // earliest one's timestamp, so the peer's RTT sample includes the delay.
+  if (c.flags.timestamps && s.opts.has_timestamp && seq_leq(s.seq, c.rcv.last_ack_sent)) {
     c.rcv.ts_recent = s.opts.ts_val;
     c.rcv.ts_recent_ms = static_cast<uint32_t>(now_ms_);
   }

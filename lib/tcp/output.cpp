@@ -110,25 +110,40 @@ rte_mbuf* Engine::header(Tcb& c, uint32_t seq, uint8_t tcp_flags, bool sack_bloc
     h.opts.ts_ecr = c.rcv.ts_recent;
   }
   if (sack_blocks && c.flags.sack && c.ooo != nullptr) {
-    // RFC 2018 §4: the block holding the latest arrival first, then others.
+    // RFC 2018 §4: the block holding the latest arrival first, then the
+    // most recently reported ones: a block's recency is that of the latest
+    // arrival in it (each was the first block when that arrival was ACKed).
     uint8_t n = 0;
     net::SackBlock ranges[4];
+    uint32_t recency[4];
     OooSegment* s = c.ooo;
     net::SackBlock first{};
     bool have_first = false;
     while (s != nullptr) {
       net::SackBlock b{s->seq, s->seq + s->len};
+      uint32_t arrival = s->arrival;
       while (s->next != nullptr && s->next->seq == b.right) {
         s = s->next;
         b.right = s->seq + s->len;
+        if (seq_gt(s->arrival, arrival)) arrival = s->arrival;
       }
       s = s->next;
       if (!have_first && seq_in(c.last_ooo_seq, b.left, b.right)) {
         first = b;
         have_first = true;
-      } else if (n < std::size(ranges)) {
-        ranges[n++] = b;
+        continue;
       }
+      // Keep the most recent blocks, most recent first.
+      uint8_t pos = n;
+      while (pos > 0 && seq_gt(arrival, recency[pos - 1])) --pos;
+      if (pos >= std::size(ranges)) continue;
+      for (uint8_t j = n < std::size(ranges) ? n : std::size(ranges) - 1; j > pos; --j) {
+        ranges[j] = ranges[j - 1];
+        recency[j] = recency[j - 1];
+      }
+      ranges[pos] = b;
+      recency[pos] = arrival;
+      if (n < std::size(ranges)) ++n;
     }
     // The blocks take what the payload leaves of the MSS (RFC 6691): 4 bytes
     // of NOP, NOP, kind, length, then 8 a block.
@@ -143,6 +158,7 @@ rte_mbuf* Engine::header(Tcb& c, uint32_t seq, uint8_t tcp_flags, bool sack_bloc
   rte_mbuf* m = build_header(h);
   if (m != nullptr && (tcp_flags & kAck)) {
     // An ACK went out: nothing is owed any more (RFC 1122 §4.2.3.2).
+    c.rcv.last_ack_sent = c.rcv.nxt;  // RFC 7323 §4.3 Last.ACK.sent
     c.rcv.unacked_segs = 0;
     c.flags.ack_now = false;
     disarm(c, TimerKind::delayed_ack);

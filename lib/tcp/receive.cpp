@@ -256,9 +256,12 @@ uint32_t Engine::advertise_window(Tcb& c) {
   space &= ~((1u << c.rcv.wscale) - 1);
   const uint32_t right = c.rcv.nxt + space;
   if (seq_gt(right, c.rcv.adv)) {
-    // RFC 9293 §3.8.6.2.2: move the right edge only by min(buf/2, MSS) or more.
+    // RFC 9293 §3.8.6.2.2: keep RCV.NXT + RCV.WND fixed until
+    // RCV.BUFF - RCV.USER - RCV.WND >= min(Fr * RCV.BUFF, Eff.snd.MSS), Fr = 1/2;
+    // a closed window too (a 100-byte opening is the silly window).
     const uint32_t step = c.rcv.buf / 2 < c.snd.mss ? c.rcv.buf / 2 : c.snd.mss;
-    if (right - c.rcv.adv >= step || seq_leq(c.rcv.adv, c.rcv.nxt)) c.rcv.adv = right;
+    const uint32_t offered = seq_gt(c.rcv.adv, c.rcv.nxt) ? c.rcv.adv - c.rcv.nxt : 0;
+    if (space >= offered + step) c.rcv.adv = right;
   }
   // Never shrink: a right edge once offered stays (RFC 9293 §3.8.6.2.2).
   return seq_gt(c.rcv.adv, c.rcv.nxt) ? c.rcv.adv - c.rcv.nxt : 0;
@@ -284,13 +287,15 @@ void Engine::update_window_after_read(Tcb& c) {
 void Engine::ooo_insert(Tcb& c, rte_mbuf* m, uint32_t seq, uint32_t len) {
   ++stats_.ooo_segments_in;
   c.last_ooo_seq = seq;
+  const uint32_t arrival = ++ooo_arrivals_;
   OooSegment** link = &c.ooo;
   // Skip segments that end before this one starts.
   while (*link != nullptr && seq_leq((*link)->seq + (*link)->len, seq)) link = &(*link)->next;
   // Trim what an earlier segment already holds.
   if (*link != nullptr && seq_leq((*link)->seq, seq)) {
     const uint32_t have_end = (*link)->seq + (*link)->len;
-    if (seq_geq(have_end, seq + len)) {  // entirely held already
+    if (seq_geq(have_end, seq + len)) {  // entirely held already: its block was just reported
+      (*link)->arrival = arrival;
       keep_front(m, 0);
       return;
     }
@@ -326,6 +331,7 @@ void Engine::ooo_insert(Tcb& c, rte_mbuf* m, uint32_t seq, uint32_t len) {
   node->m = m;
   node->seq = seq;
   node->len = len;
+  node->arrival = arrival;
   node->next = *link;
   *link = node;
   c.rcv.ooo_bytes += len;

@@ -41,6 +41,7 @@ struct OooSegment {
   rte_mbuf* m;    // payload only (headers stripped), possibly several segments
   uint32_t seq;   // first byte
   uint32_t len;
+  uint32_t arrival;  // engine-wide arrival count: orders SACK blocks (RFC 2018 §4)
 };
 
 // A FIFO of received payload held by the target, segment by segment.
@@ -96,6 +97,7 @@ struct alignas(RTE_CACHE_LINE_SIZE) Tcb {
     uint32_t adv;        // right edge last advertised (nxt + window)
     uint32_t buf;        // receive buffer budget (cached initial_rcv_wnd)
     uint32_t ts_recent;  // RFC 7323 §4.3
+    uint32_t last_ack_sent;  // RFC 7323 §4.3 Last.ACK.sent: the ACK field we last sent
     uint32_t ts_recent_ms;   // when ts_recent was taken (engine ms)
     uint32_t fin_seq;    // sequence number of the peer's FIN, when fin_received
     uint32_t ooo_bytes;
