@@ -13,6 +13,7 @@
 // the next multiple of 8 instead (see kOffloadStateSize).
 #include "control/protocol.hpp"
 
+#include <cstdarg>
 #include <cstdio>
 #include <cstring>
 #include <type_traits>
@@ -301,12 +302,14 @@ class Check {
 
   bool ok() const { return ok_; }
 
-  template <typename... Args>
-  void fail(const char* fmt, Args... args) {
+  __attribute__((format(printf, 2, 3))) void fail(const char* fmt, ...) {
     if (!ok_) return;
     ok_ = false;
     char buf[256];
-    std::snprintf(buf, sizeof buf, fmt, args...);
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
     error_ = std::string(prefix_) + ": " + buf;
   }
 
