@@ -353,7 +353,7 @@ void Engine::output(Tcb& c) {
       if (len < mss && !fin) {
         // RFC 9293 §3.8.6.2.1: no small segment while more data waits for
         // window, unless it is half the largest window ever offered.
-        if (len < avail && len < c.snd.max_wnd / 2) break;
+        if (len < avail && len < c.snd.max_wnd / 2 && !c.flags.sws_override) break;
         // RFC 9293 §3.7.4 Nagle: one small segment outstanding at a time.
         if (c.nagle && len == avail && c.snd.una != c.snd.max) break;
       }
@@ -364,10 +364,13 @@ void Engine::output(Tcb& c) {
       if (seq_gt(c.snd.nxt, c.snd.max)) c.snd.max = c.snd.nxt;
       if (c.due_ms[size_t(TimerKind::retransmit)] == 0) arm(c, TimerKind::retransmit, c.rtt.rto_ms);
     }
-    // RFC 9293 §3.8.6.1: data waits behind a zero window: probe it.
-    if (c.snd.wnd == 0 && seq_gt(end, c.snd.nxt) && c.snd.una == c.snd.max &&
-        c.due_ms[size_t(TimerKind::persist)] == 0)
-      arm(c, TimerKind::persist, c.rtt.rto_ms);
+    // Data waits with nothing in flight, so no ACK will come to clock it out.
+    // Behind a zero window: probe it (RFC 9293 §3.8.6.1). Behind a window
+    // too small to use (sender SWS avoidance): the override timeout of
+    // RFC 9293 §3.8.6.2.1 (0.1 to 1 s) sends what fits; either way a lost
+    // window update cannot stall the connection.
+    if (seq_gt(end, c.snd.nxt) && c.snd.una == c.snd.max && c.due_ms[size_t(TimerKind::persist)] == 0)
+      arm(c, TimerKind::persist, c.snd.wnd == 0 || c.rtt.rto_ms < 1000 ? c.rtt.rto_ms : 1000);
   }
   // An ACK owed and not carried by data: at once when asked (out of order,
   // window update, ...) or two segments in (RFC 5681 §4.2), else delayed.
@@ -536,7 +539,15 @@ void Engine::on_retransmit_timeout(Tcb& c) {
 }
 
 void Engine::on_persist_timeout(Tcb& c) {
-  if (c.snd.wnd != 0 || c.snd.una != c.snd.max || !seq_gt(data_end(c), c.snd.nxt)) return;
+  if (c.snd.una != c.snd.max || !seq_gt(data_end(c), c.snd.nxt)) return;
+  if (c.snd.wnd != 0) {
+    // RFC 9293 §3.8.6.2.1 (d): the data is pushed (C-8) and the override
+    // timeout ran out: send what the window allows now.
+    c.flags.sws_override = true;
+    output(c);
+    c.flags.sws_override = false;
+    return;
+  }
   // C-18: a persist limit from the cached state.
   if (c.max_persist_probes != 0 && c.persist_probes >= c.max_persist_probes) {
     raise(c, EventKind::retrieve, RetrieveReason::timeout_expiration);

@@ -89,6 +89,7 @@ struct alignas(RTE_CACHE_LINE_SIZE) Tcb {
     bool in_table : 1;         // in the 4-tuple table
     bool listed_output : 1;    // on the engine's output list
     bool closed : 1;           // CLOSED or TIME_WAIT: state released, awaiting terminate (C-19, C-20)
+    bool sws_override : 1;     // the SWS override timeout fired: send a small segment (RFC 9293 §3.8.6.2.1)
   } flags;
 
   // ---------------- cache line 1: receiver, RTT ------------------------------

@@ -870,6 +870,39 @@ TEST_F(Rfc, Rfc9293_ZeroWindowPersistProbesBackOffAndDataResumes) {
   EXPECT_EQ(data.payload, std::string(100, 'z'));
 }
 
+// RFC 9293 §3.8.6.2.1 (sender SWS avoidance): with nothing in flight and a
+// usable window below Fs * max window (1024 < 65536 / 2) and below the data
+// queued, the sender waits; but the data is PUSHed (C-8: every request ends
+// with PSH), so after the override timeout (0.1 to 1 s) it sends what fits:
+// otherwise a lost window update would stall the connection for good.
+TEST_F(Rfc, Rfc9293_SenderSwsWaitsThenOverrideTimeoutSends) {
+  offload_default();
+  peer(kIrs, kIss, ACK, "", 8);  // 8 << 7 = 1024 bytes
+  send_data(std::string(5000, 's'));
+  expect_silence();
+  Seg small = next_after(1000);
+  EXPECT_EQ(small.seq, kIss);
+  EXPECT_EQ(small.payload.size(), 1024u) << "what the window allows, no more";
+  expect_silence();
+  // ACKed, the window still 1024: the same again within the override
+  // timeout (now min(RTO, 1 s)), never beyond the window.
+  peer(kIrs, kIss + 1024, ACK, "", 8);
+  expect_silence();
+  std::vector<Seg> again;
+  for (int ms = 0; ms < 1000 && again.empty(); ++ms) {
+    advance(1);
+    again = drain();
+  }
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].seq, kIss + 1024);
+  EXPECT_EQ(again[0].payload.size(), 1024u);
+  // The window opens: the rest goes at once.
+  peer(kIrs, kIss + 2048, ACK, "", 512);
+  std::string rest;
+  for (const Seg& s : drain()) rest += s.payload;
+  EXPECT_EQ(rest.size(), 5000u - 2048);
+}
+
 // C-18: the cached persist limit raises RETRIEVE(TimeoutExpiration).
 TEST_F(Rfc, C18_PersistProbeLimitRaisesRetrieve) {
   offload_with([](OffloadState& s) { s.cached.max_persist_probes = 2; });
