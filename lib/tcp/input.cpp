@@ -324,8 +324,9 @@ bool Engine::process_ack(Tcb& c, uint32_t ack, uint32_t seq, uint32_t seg_wnd, b
     if (dup || opts.sack_count != 0) mark_output(c);
   }
 
-  // RFC 9293 §3.10.7.4: update the window from the newest segment.
-  if (seq_lt(c.snd.wl1, seq) || (c.snd.wl1 == seq && seq_leq(c.snd.wl2, ack))) {
+  // RFC 9293 §3.10.7.4: update the window from the newest segment, if
+  // SND.UNA =< SEG.ACK (an old ACK's window is stale).
+  if (seq_geq(ack, c.snd.una) && (seq_lt(c.snd.wl1, seq) || (c.snd.wl1 == seq && seq_leq(c.snd.wl2, ack)))) {
     c.snd.wnd = wnd;
     c.snd.wl1 = seq;
     c.snd.wl2 = ack;

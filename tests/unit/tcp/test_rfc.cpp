@@ -577,6 +577,57 @@ TEST_F(Rfc, Rfc5961_VeryOldAckIsDropped) {
   EXPECT_EQ(host.indicated, "fine");
 }
 
+// RFC 9293 §3.10.7.4 (fifth, ESTABLISHED): "If SND.UNA =< SEG.ACK =<
+// SND.NXT, the send window should be updated": an old ACK (acceptable under
+// RFC 5961 §5.2, so its text is taken) does not set the window, however new
+// its sequence number.
+TEST_F(Rfc, Rfc9293_OldAckDoesNotUpdateTheSendWindow) {
+  offload_default();
+  send_data(std::string(100, 'a'));
+  drain();
+  peer(kIrs, kIss + 100, ACK | PSH, "abc");  // snd.una = 1100, wl1 = 5000
+  peer(kIrs + 3, kIss + 50, ACK | PSH, "d", 0);  // newer text, an old ACK and a zero window
+  EXPECT_EQ(host.indicated, "abcd") << "an acceptable old ACK does not stop the text";
+  EXPECT_EQ(delegated().snd_wnd, 65536u) << "the window of an old ACK is not taken";
+  send_data("zz");
+  std::vector<Seg> segs = drain();
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs.back().payload, "zz");
+  EXPECT_EQ(segs.back().seq, kIss + 100);
+}
+
+// RFC 9293 §3.10.7.4: a segment that begins in the window but runs past its
+// right edge is trimmed: the part inside is taken (and ACKed at once), the
+// part beyond is not.
+TEST_F(Rfc, Rfc9293_SegmentPastTheRightEdgeIsTrimmed) {
+  offload_with([](OffloadState& s) {
+    s.constant.window_scaling = false;
+    s.constant.snd_wscale = s.constant.rcv_wscale = 0;
+    s.cached.initial_rcv_wnd = 1000;
+    s.delegated.snd_wnd = 65535;
+  });
+  host.accept = [](uint32_t) { return 0u; };  // keep it all buffered: the window stays shut
+  peer(kIrs, kIss, ACK | PSH, std::string(1000, 'i') + std::string(400, 'o'), 65535);
+  Seg a = next();
+  EXPECT_EQ(a.ack, kIrs + 1000);
+  EXPECT_EQ(a.window, 0u);
+  EXPECT_EQ(tcb().rx_buffered.bytes, 1000u);
+  Request& r = post_receive(2000, kReceiveNoPush);
+  EXPECT_EQ(r.nbl.status, Status::pending) << "no-push: 1000 of 2000 bytes, not complete";
+  EXPECT_EQ(std::string(r.data.begin(), r.data.begin() + 1000), std::string(1000, 'i'));
+  EXPECT_EQ(r.data[1000], 0) << "nothing of the part beyond the window";
+}
+
+// RFC 2018 §2: no SACK option unless SACK-permitted was exchanged.
+TEST_F(Rfc, Rfc2018_NoSackBlocksWithoutSackPermitted) {
+  offload_with([](OffloadState& s) { s.constant.sack = false; });
+  peer(kIrs + 100, kIss, ACK, "later");
+  Seg a = next();
+  EXPECT_EQ(a.ack, kIrs) << "RFC 5681 §4.2: a duplicate ACK at once";
+  EXPECT_EQ(a.opts.sack_count, 0u);
+  EXPECT_TRUE(a.opts.has_timestamp);
+}
+
 // RFC 5961 §7: challenge ACKs are rate limited (a per-second budget).
 TEST_F(Rfc, Rfc5961_ChallengeAcksAreRateLimited) {
   reconfigure([](tcp::EngineConfig& c) { c.challenge_acks_per_second = 2; });
