@@ -265,6 +265,79 @@ TEST_F(RfcRst, C17_RstInCloseWaitAborts) { rst_aborts_in(TcpState::close_wait); 
 TEST_F(RfcRst, C17_RstInClosingAborts) { rst_aborts_in(TcpState::closing); }
 TEST_F(RfcRst, C17_RstInLastAckAborts) { rst_aborts_in(TcpState::last_ack); }
 
+// C-1/C-4 with RFC 9293 §3.6: a connection offloaded in a closing state goes
+// on from there: our FIN (sent before the hand-over, snd.max = snd.una + 1)
+// is retransmitted by the RTO with its sequence number, and its ACK moves the
+// state on; an RST at rcv.nxt aborts it (C-17). No disconnect request is
+// pending on the target, so none completes.
+class RfcOffloadedState : public Rfc {
+ protected:
+  void offload_in(TcpState st) {
+    const bool our_fin = st == TcpState::fin_wait_1 || st == TcpState::closing || st == TcpState::last_ack;
+    const bool fin_acked = st == TcpState::fin_wait_2;
+    const bool peer_fin = st == TcpState::close_wait || st == TcpState::closing || st == TcpState::last_ack;
+    offload_with([&](OffloadState& s) {
+      s.delegated.state = st;
+      if (our_fin) s.delegated.snd_nxt = s.delegated.snd_max = kIss + 1;
+      if (fin_acked) s.delegated.snd_una = s.delegated.snd_nxt = s.delegated.snd_max = kIss + 1;
+      if (peer_fin) s.delegated.rcv_nxt = kIrs + 1;
+    });
+  }
+};
+
+TEST_F(RfcOffloadedState, Rfc9293_OffloadedInFinWait1RetransmitsFinThenFinWait2) {
+  offload_in(TcpState::fin_wait_1);
+  expect_silence();  // the FIN was sent by the host
+  Seg fin = next_after(1000);
+  EXPECT_TRUE(fin.has(FIN | ACK));
+  EXPECT_EQ(fin.seq, kIss);
+  peer(kIrs, kIss + 1, ACK);
+  EXPECT_EQ(state(), TcpState::fin_wait_2);
+  peer(kIrs, kIss + 1, ACK | FIN);
+  EXPECT_EQ(next().ack, kIrs + 1);
+  EXPECT_EQ(tcb().state, TcpState::time_wait);
+  EXPECT_TRUE(host.of(HR::disconnect).empty());
+}
+
+TEST_F(RfcOffloadedState, Rfc9293_OffloadedInClosingGoesToTimeWaitOnTheFinAck) {
+  offload_in(TcpState::closing);
+  Seg fin = next_after(1000);
+  EXPECT_TRUE(fin.has(FIN));
+  EXPECT_EQ(fin.seq, kIss);
+  EXPECT_EQ(fin.ack, kIrs + 1);
+  peer(kIrs + 1, kIss + 1, ACK);
+  EXPECT_EQ(tcb().state, TcpState::time_wait);
+  EXPECT_EQ(engine->time_wait_entries(), 1u);
+  expect_silence();
+}
+
+TEST_F(RfcOffloadedState, Rfc9293_OffloadedInLastAckClosesOnTheFinAck) {
+  offload_in(TcpState::last_ack);
+  Seg fin = next_after(1000);
+  EXPECT_TRUE(fin.has(FIN));
+  EXPECT_EQ(fin.seq, kIss);
+  peer(kIrs + 1, kIss + 1, ACK);
+  EXPECT_EQ(state(), TcpState::closed);
+  EXPECT_EQ(engine->time_wait_entries(), 0u);
+  expect_silence();
+}
+
+TEST_F(RfcOffloadedState, C17_RstAbortsInEveryOffloadedState) {
+  for (TcpState st : {TcpState::established, TcpState::fin_wait_1, TcpState::fin_wait_2, TcpState::close_wait,
+                      TcpState::closing, TcpState::last_ack}) {
+    SCOPED_TRACE(to_string(st));
+    flow.remote_port = static_cast<uint16_t>(43000 + static_cast<int>(st));
+    const int aborts = events(EventKind::abort);
+    offload_in(st);
+    drain();
+    const bool peer_fin = st == TcpState::close_wait || st == TcpState::closing || st == TcpState::last_ack;
+    peer(kIrs + (peer_fin ? 1 : 0), tcb().snd.nxt, RST);
+    EXPECT_EQ(events(EventKind::abort), aborts + 1);
+    EXPECT_EQ(state(), TcpState::closed);
+    expect_silence();
+  }
+}
+
 // RFC 9293 §3.10.7.4 (first check): a retransmitted FIN lies below rcv.nxt;
 // it is ACKed again, its data is not delivered twice, and the host hears of
 // the FIN once (C-16).
@@ -357,6 +430,27 @@ TEST_F(Rfc, Rfc9293_LostPeerFinAloneIsProcessedWhenRetransmitted) {
   EXPECT_EQ(next().ack, kIrs + 9);
   EXPECT_EQ(events(EventKind::disconnect), 1);
   EXPECT_EQ(state(), TcpState::close_wait);
+}
+
+// RFC 9293 §3.6, RFC 6298 §5: in CLOSING our FIN is still unACKed; the RTO
+// retransmits it (it also ACKs the peer's FIN); its ACK ends CLOSING.
+TEST_F(Rfc, Seed_ClosingRetransmitsOurFinUntilAcked) {
+  offload_default();
+  Request& d = close_graceful("x");
+  EXPECT_TRUE(next().has(FIN));
+  peer(kIrs, kIss, ACK | FIN);
+  EXPECT_EQ(next().ack, kIrs + 1);
+  ASSERT_EQ(state(), TcpState::closing);
+  Seg again = next_after(1000);
+  EXPECT_TRUE(again.has(FIN | ACK));
+  EXPECT_EQ(again.seq, kIss);
+  EXPECT_EQ(again.payload, "x");
+  EXPECT_EQ(again.ack, kIrs + 1);
+  EXPECT_EQ(d.nbl.status, Status::pending);
+  peer(kIrs + 1, kIss + 2, ACK);
+  EXPECT_EQ(d.nbl.status, Status::success);
+  EXPECT_EQ(d.nbl.bytes_transferred, 1u);
+  EXPECT_EQ(tcb().state, TcpState::time_wait);
 }
 
 // RFC 6298 §5 and the seed: our FIN is lost; the retransmission timer sends
