@@ -111,7 +111,10 @@ Status Engine::validate(const OffloadState& s) const {
     return Status::invalid_state;
   if (s.path.path_mtu < 576 || s.path.path_mtu > 9216) return Status::invalid_state;
   if (!(seq_leq(d.snd_una, d.snd_nxt) && seq_leq(d.snd_nxt, d.snd_max))) return Status::invalid_state;
-  if (s.cached.initial_rcv_wnd == 0 || s.cached.initial_rcv_wnd > cfg_.max_rcv_window)
+  // The window must be expressible at our scale (RFC 7323 §2.3), or it would
+  // be advertised as zero for ever.
+  if (s.cached.initial_rcv_wnd == 0 || s.cached.initial_rcv_wnd > cfg_.max_rcv_window ||
+      (s.cached.initial_rcv_wnd >> (k.window_scaling ? k.rcv_wscale : 0)) == 0)
     return Status::offload_tcp_rcv_window;
   if (d.receive_data.size() > s.cached.initial_rcv_wnd) return Status::offload_tcp_rcv_buffer;
   // The inherited send data must cover what was sent (C-3); our FIN, when the

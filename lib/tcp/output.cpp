@@ -569,6 +569,12 @@ void Engine::on_persist_timeout(Tcb& c) {
 
 void Engine::on_keepalive_timeout(Tcb& c) {
   if (!c.keepalive) return;
+  // RFC 1122 §4.2.3.6: only an idle connection is probed; with data in
+  // flight the retransmission timer and its limit watch the peer.
+  if (c.snd.una != c.snd.max) {
+    arm(c, TimerKind::keepalive, c.keepalive_interval_ms);
+    return;
+  }
   const uint32_t idle = static_cast<uint32_t>(now_ms_) - c.last_rx_ms;
   if (c.keepalive_probes_sent == 0 && idle < c.keepalive_timeout_ms) {
     arm(c, TimerKind::keepalive, c.keepalive_timeout_ms - idle);

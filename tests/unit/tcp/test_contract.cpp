@@ -54,10 +54,14 @@ TEST_F(Contract, C2_RefusedOffloadKeepsEverythingAndSendsNothing) {
       {"window too large", [](OffloadState& s) { s.cached.initial_rcv_wnd = 1u << 31; }, Status::offload_tcp_rcv_window},
       {"receive data beyond the window",
        [](OffloadState& s) {
+         s.constant.rcv_wscale = 0;
          s.cached.initial_rcv_wnd = 4;
          s.delegated.receive_data = {1, 2, 3, 4, 5};
        },
        Status::offload_tcp_rcv_buffer},
+      {"window smaller than one unit of our scale",
+       [](OffloadState& s) { s.cached.initial_rcv_wnd = 100; },  // 100 >> 7 == 0
+       Status::offload_tcp_rcv_window},
       {"send data missing",
        [](OffloadState& s) { s.delegated.snd_nxt = s.delegated.snd_max = 1100; },
        Status::offload_tcp_xmit_buffer},
