@@ -9,6 +9,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "control/server.hpp"
 #include "dataplane/config.hpp"
 #include "dataplane/eal.hpp"
 #include "dataplane/runtime.hpp"
@@ -45,5 +46,7 @@ int main(int argc, char** argv) {
   route_dpdk_log_to_spdlog();
 
   const EalPlan plan = plan_eal(argv[0], eal_args, cfg, detect_hugepages(), static_cast<int>(getpid()));
-  return run_target(cfg, plan);
+  return run_target(cfg, plan, [](Dataplane& dp, SlowPath& slow) -> std::unique_ptr<MainService> {
+    return std::make_unique<chimney::control::Server>(dp, slow);
+  });
 }

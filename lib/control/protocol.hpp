@@ -17,7 +17,9 @@ namespace chimney::control {
 
 inline constexpr uint16_t kVersion = 1;
 inline constexpr size_t kHeaderSize = 16;
-inline constexpr size_t kMaxMessage = 65536;
+// 16 MiB of undelivered receive data (the largest window chimneyd accepts)
+// fits a TERMINATE_COMPLETE.
+inline constexpr size_t kMaxMessage = (16u << 20) + 65536;
 
 enum class MsgType : uint16_t {
   hello = 1,

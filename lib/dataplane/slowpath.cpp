@@ -207,6 +207,8 @@ bool SlowPath::handle_handshake(size_t p, rte_mbuf* m, uint64_t now) {
   d.rcv_nxt = irs + 1;
   d.rcv_wnd = st.cached.initial_rcv_wnd;
   d.ts_recent = opts.ts_val;
+  // The engine's timestamps go on from the ones of the handshake (RFC 7323 §5.4).
+  d.ts_time = hs.ts_base + static_cast<uint32_t>(now * 1000 / rte_get_tsc_hz());
   std::copy(std::begin(port.mac.addr_bytes), std::end(port.mac.addr_bytes), st.path.local_mac.begin());
   std::copy(std::begin(eth->src_addr.addr_bytes), std::end(eth->src_addr.addr_bytes), st.path.next_hop_mac.begin());
   st.path.path_mtu = port.config.mtu;

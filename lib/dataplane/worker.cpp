@@ -62,6 +62,7 @@ tcp::EngineConfig engine_config(const Dataplane& dp, size_t worker, size_t port)
   cfg.tx_caps = dp.ports[port].tx_caps;
   cfg.header_pool = dp.ports[port].pool;
   cfg.attach_pool = dp.attach_pools[port];
+  cfg.max_rcv_window = 16u << 20;  // what one TERMINATE_COMPLETE can carry back
   return cfg;
 }
 

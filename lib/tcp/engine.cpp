@@ -198,6 +198,7 @@ void Engine::initiate_offload(const OffloadState& s, void* host_context, Connect
   c.rcv.nxt = d.rcv_nxt;
   c.rcv.adv = d.rcv_nxt + (d.rcv_wnd != 0 ? d.rcv_wnd : cached.initial_rcv_wnd);
   c.rcv.ts_recent = d.ts_recent;
+  c.ts_offset = d.ts_time - static_cast<uint32_t>(now_ms_);
   c.rcv.last_ack_sent = d.rcv_nxt;
   c.rcv.ts_recent_ms = static_cast<uint32_t>(now_ms_ - d.ts_recent_age_ms);
   c.rtt.srtt_us = d.srtt_us;
@@ -462,7 +463,7 @@ Status Engine::query_delegated(ConnectionHandle h, DelegatedState* out) {
   d.rttvar_us = c.rtt.rttvar_us;
   d.ts_recent = c.rcv.ts_recent;
   d.ts_recent_age_ms = static_cast<uint32_t>(now_ms_) - c.rcv.ts_recent_ms;
-  d.ts_time = ts_now();
+  d.ts_time = ts_now(c);
   d.total_rt = c.total_rt;
   d.dup_ack_count = c.snd.dupacks;
   auto remaining = [&](TimerKind k) -> uint32_t {
@@ -687,6 +688,7 @@ void Engine::enter_time_wait(Tcb& c) {
       tw.rcv_nxt = c.rcv.nxt;
       tw.ts_recent = c.rcv.ts_recent;
       tw.timestamps = c.flags.timestamps;
+      tw.ts_offset = c.ts_offset;
       const uint32_t offered = seq_gt(c.rcv.adv, c.rcv.nxt) ? c.rcv.adv - c.rcv.nxt : 0;
       tw.window = static_cast<uint16_t>((offered >> c.rcv.wscale) > 65535 ? 65535 : (offered >> c.rcv.wscale));
       std::memcpy(tw.local_mac, c.local_mac, 6);

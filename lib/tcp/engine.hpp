@@ -153,7 +153,9 @@ class Engine final : public OffloadTarget {
   void sack_recovery_output(Tcb& c);
   void enter_recovery(Tcb& c);
   void restart_retransmit_timer(Tcb& c);
-  uint32_t ts_now() const { return static_cast<uint32_t>(now_ms_); }
+  // Our timestamp clock for `c` (1 ms ticks, RFC 7323 §5.4), continuing the
+  // one the host used before the offload (DelegatedState::ts_time).
+  uint32_t ts_now(const Tcb& c) const { return static_cast<uint32_t>(now_ms_) + c.ts_offset; }
   void rtt_sample(Tcb& c, uint64_t rtt_us);
 
   EngineConfig cfg_;

@@ -33,6 +33,7 @@ struct Engine::TimeWait {
   uint16_t window;      // last advertised, unscaled field value
   uint8_t local_mac[6];
   uint8_t remote_mac[6];
+  uint32_t ts_offset;
   bool timestamps;
   bool in_use;
 };

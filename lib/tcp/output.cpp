@@ -106,7 +106,7 @@ rte_mbuf* Engine::header(Tcb& c, uint32_t seq, uint8_t tcp_flags, bool sack_bloc
   }
   if (c.flags.timestamps) {
     h.opts.has_timestamp = true;  // RFC 7323 §3.2: on every segment
-    h.opts.ts_val = ts_now();
+    h.opts.ts_val = ts_now(c);
     h.opts.ts_ecr = c.rcv.ts_recent;
   }
   if (sack_blocks && c.flags.sack && c.ooo != nullptr) {
@@ -288,7 +288,7 @@ void Engine::send_time_wait_ack(const TimeWait& tw) {
   h.ip_id = static_cast<uint16_t>(0x8000 | (now_ms_ & 0x7fff));
   if (tw.timestamps) {
     h.opts.has_timestamp = true;
-    h.opts.ts_val = ts_now();
+    h.opts.ts_val = static_cast<uint32_t>(now_ms_) + tw.ts_offset;
     h.opts.ts_ecr = tw.ts_recent;
   }
   rte_mbuf* m = build_header(h);

@@ -158,6 +158,7 @@ struct alignas(RTE_CACHE_LINE_SIZE) Tcb {
   uint32_t keepalive_interval_ms;
   uint32_t backlog_reported;    // last SEND_BACKLOG_CHANGE value (C-18)
   uint32_t backlog_reported_ms;
+  uint32_t ts_offset;           // our TSval = engine ms + ts_offset: the clock the peer saw goes on (RFC 7323 §5.4)
   uint32_t last_rx_ms;          // keepalive idleness (RFC 1122 §4.2.3.6)
   uint32_t cubic_w_max;         // RFC 9438 W_max (bytes)
   uint32_t cubic_k_ms;          // RFC 9438 K

@@ -12,6 +12,7 @@ with `ip netns exec`. It prints one JSON line when it is done.
 
 It prints 'listening' on stdout once it listens, so the test can connect.
 """
+import errno
 import hashlib
 import json
 import socket
@@ -81,19 +82,18 @@ def main():
                 pass
             result["end"] = "eof"
         elif mode == "stall":
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            # Never read; watch the socket's state: a RST closes it with
+            # ECONNRESET pending (SO_ERROR) even while data sits unread.
             deadline = time.time() + 60
             while time.time() < deadline:
-                time.sleep(0.05)
-                try:
-                    # MSG_PEEK of 0 bytes would not see the RST; a non-blocking
-                    # 1-byte peek does without consuming the stream.
-                    conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    continue
-                except ConnectionResetError:
+                err = conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                state = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+                if err == errno.ECONNRESET or state == 7:  # TCP_CLOSE
                     result["end"] = "reset"
                     break
+                time.sleep(0.05)
+            else:
+                result["end"] = "timeout"
     except ConnectionResetError:
         result["end"] = "reset"
     result["bytes"] = n

@@ -3,6 +3,7 @@
 whether chimneyd starts or not."""
 
 import os
+import stat
 import subprocess
 
 import pytest
@@ -70,9 +71,14 @@ def test_target_that_ignores_sigterm_is_killed(chimneyd, tmp_path):
     assert h.netns not in _namespaces()
 
 
-def test_control_socket_client_is_not_faked(target):
-    with pytest.raises(NotImplementedError):
-        target.target
+def test_control_socket_is_private_and_answers(target):
+    # Its own socket per target, 0600 in a 0700 directory (issue 4).
+    st = os.stat(target.control_socket)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(target.control_socket)).st_mode) == 0o700
+    stats = target.target.stats()
+    assert stats["sessions"] >= 1
 
 
 def test_run_executes_inside_the_namespace(target):

@@ -26,7 +26,7 @@ from typing import List, Optional, Union
 
 VERSION = 1
 HEADER_SIZE = 16
-MAX_MESSAGE = 65536
+MAX_MESSAGE = (16 << 20) + 65536  # lib/control/protocol.hpp kMaxMessage
 MAX_BODY = MAX_MESSAGE - HEADER_SIZE
 
 CONST_STATE_SIZE = 20
@@ -496,11 +496,11 @@ def _body_bytes(body) -> bytes:
         return _pack("<IIQ", body.handle, body.status, body.bytes_transferred)
     if t is TerminateComplete:
         data = bytes(body.receive_data)
-        out = _pack("<II", body.handle, body.status) + _offload_state_bytes(body.state)
-        out += _pack("<I", len(body.sends))
-        for s in body.sends:
-            out += _pack("<QQ", s.tag, s.bytes_transferred)
-        return out + _pack("<I", len(data)) + data
+        parts = [_pack("<II", body.handle, body.status), _offload_state_bytes(body.state),
+                 _pack("<I", len(body.sends))]
+        parts.extend(_pack("<QQ", s.tag, s.bytes_transferred) for s in body.sends)  # linear, not +=
+        parts += [_pack("<I", len(data)), data]
+        return b"".join(parts)
     if t is StatsReply:
         return _text(body.json)
     if t is Event:
@@ -536,7 +536,7 @@ def encode(m: Message) -> bytes:
 def message_length(buf) -> Optional[int]:
     """The length of the message at the start of buf once its header is whole:
     None while fewer than 16 bytes are there; DecodeError for a length outside
-    16..65536 or a version other than 1."""
+    16..MAX_MESSAGE or a version other than 1."""
     if len(buf) < HEADER_SIZE:
         return None
     length, version = struct.unpack_from("<IH", buf, 0)

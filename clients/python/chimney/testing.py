@@ -264,13 +264,24 @@ class Target:
         self.process: subprocess.Popen = owner.process
         self.pid: int = owner.process.pid
 
-    # Later: the control-socket client. chimneyd has no control socket yet, so
-    # there is nothing to connect to; this will return a chimney client bound
-    # to the target's socket once one exists.
+        self.control_socket: str = owner.control_socket
+        self._client = None
+
     @property
     def target(self):
-        raise NotImplementedError(
-            "chimneyd has no control socket yet: Target.target comes with the control-socket client")
+        """A chimney.client.Target connected to this chimneyd's control socket
+        (made on first use, closed when the namespace goes)."""
+        if self._client is None:
+            from chimney.client import Target as Client
+            self._client = Client(self.control_socket)
+        return self._client
+
+    def close_client(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            finally:
+                self._client = None
 
     # ---- processes inside the namespace
 
@@ -484,8 +495,12 @@ class TargetInNamespace:
             os.makedirs(log_dir, exist_ok=True)
             log_path = os.path.join(log_dir, f"chimneyd-{self.netns}.log")
         self.log_path = os.path.abspath(log_path)
+        # Each target its own control socket, in a private directory.
+        self._ctl_dir = tempfile.mkdtemp(prefix="chimney-ctl-")
+        self.control_socket = os.path.join(self._ctl_dir, "control.sock")
         self.argv = [self.chimneyd_path, "--file-prefix", self.file_prefix, *self.eal_args, "--",
-                     "--port", self.port_spec, *_option_args(options), *self.extra_args]
+                     "--port", self.port_spec, "--control-socket", self.control_socket,
+                     *_option_args(options), *self.extra_args]
         self.process: Optional[subprocess.Popen] = None
         self._children: list = []
         self._namespace: Optional[Namespace] = None
@@ -559,6 +574,11 @@ class TargetInNamespace:
 
     def _cleanup(self) -> None:
         problems = []
+        if self.handle is not None:
+            try:
+                self.handle.close_client()
+            except Exception as e:
+                problems.append(f"control client: {e}")
         for p in self._children:
             try:
                 self._end(p, 3.0)
@@ -577,6 +597,7 @@ class TargetInNamespace:
                 self._namespace.delete()
             except Exception as e:
                 problems.append(str(e))
+        shutil.rmtree(self._ctl_dir, ignore_errors=True)
         runtime = dpdk_runtime_dir(self.file_prefix)
         if os.path.isdir(runtime) and (self.process is None or self.process.poll() is not None):
             shutil.rmtree(runtime, ignore_errors=True)

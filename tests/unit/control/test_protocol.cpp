@@ -403,7 +403,7 @@ TEST(ProtocolRoundTrip, EncodeAppends) {
 }
 
 TEST(ProtocolRoundTrip, LargestMessages) {
-  // OFFLOAD's receive data may fill a message to exactly 65536 bytes.
+  // OFFLOAD's receive data may fill a message to exactly kMaxMessage bytes.
   Offload o;
   o.receive_data.assign(kMaxMessage - kHeaderSize - 136 - 4, 0x5A);
   Bytes out;
@@ -428,7 +428,7 @@ TEST(ProtocolEncode, RefusesOversizedMessagesLeavingOutUntouched) {
   EXPECT_FALSE(encode(msg(MsgType::stats_reply, 1, StatsReply{std::string(kMaxMessage, '{')}), out));
   EXPECT_FALSE(encode(msg(MsgType::error, 1, Error{1, std::string(kMaxMessage - kHeaderSize - 3, 'x')}), out));
   TerminateComplete t;
-  t.sends.resize(4096);  // 64 KiB of returned sends alone
+  t.sends.resize(kMaxMessage / 16);  // the returned sends alone exceed the limit
   EXPECT_FALSE(encode(msg(MsgType::terminate_complete, 1, t), out));
   EXPECT_EQ(out, (Bytes{1, 2, 3}));
 }
@@ -620,10 +620,10 @@ TEST(ProtocolHeader, MessageLengthWaitsForAWholeHeader) {
 }
 
 TEST(ProtocolHeader, LengthOutOfRange) {
-  for (uint32_t len : {0u, 1u, 15u, 65537u, 0x7FFFFFFFu, 0xFFFFFFFFu}) {
+  for (uint32_t len : {0u, 1u, 15u, static_cast<uint32_t>(kMaxMessage + 1), 0x7FFFFFFFu, 0xFFFFFFFFu}) {
     std::string error;
     EXPECT_FALSE(message_length(header(len, 1, 1), error)) << len;
-    EXPECT_EQ(error, "header: length is " + std::to_string(len) + ", expected 16..65536");
+    EXPECT_EQ(error, "header: length is " + std::to_string(len) + ", expected 16.." + std::to_string(kMaxMessage));
     Bytes h = header(len, 1, 1);
     EXPECT_EQ(decode_error(h), error);
   }
