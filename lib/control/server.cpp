@@ -39,6 +39,10 @@ struct Server::Conn {
   uint32_t outstanding = 0;  // requests on the worker
   uint64_t offload_tag = 0;
   uint64_t terminate_tag = 0;
+  bool accepted = false;     // came from a listener: ACCEPT, not OFFLOAD_COMPLETE
+  uint16_t state_local_port = 0;
+  uint16_t state_remote_port = 0;
+  uint32_t state_remote_ip = 0;
   std::unique_ptr<OffloadState> state;  // while the offload is on its way
 };
 
@@ -62,6 +66,7 @@ struct Server::Session {
   uint64_t registered = 0;
   uint32_t next_region = 1;
   std::unordered_map<uint32_t, std::unique_ptr<Conn>> conns;
+  std::vector<uint16_t> listens;  // ports this session listens on
 };
 
 namespace {
@@ -245,6 +250,8 @@ void Server::close_session(Session& s, const std::string& why) {
   ::close(s.fd);
   s.fd = -1;
   s.out.clear();
+  for (uint16_t port : s.listens) slow_.unlisten(port);
+  s.listens.clear();
   // Its connections are aborted (RST) and released; regions stay mapped until
   // the workers returned every request that names them.
   size_t aborted = 0;
@@ -566,6 +573,15 @@ void Server::handle(Session& s, const Message& m) {
       json += ", \"connections_offloaded\": " + std::to_string(counters_.connections_offloaded);
       json += ", \"connections_released\": " + std::to_string(counters_.connections_released);
       json += ", \"orphans_aborted\": " + std::to_string(counters_.orphans_aborted);
+      const auto& hc = slow_.handshake_counters();
+      json += ", \"syn_sent\": " + std::to_string(hc.syn_sent) + ", \"synack_sent\": " + std::to_string(hc.synack_sent) +
+              ", \"established_active\": " + std::to_string(hc.established_active) +
+              ", \"established_passive\": " + std::to_string(hc.established_passive) +
+              ", \"syn_cookies_sent\": " + std::to_string(hc.cookies_sent) +
+              ", \"syn_cookies_accepted\": " + std::to_string(hc.cookies_accepted) +
+              ", \"syn_cookies_rejected\": " + std::to_string(hc.cookies_rejected) +
+              ", \"connect_refused\": " + std::to_string(hc.refused) +
+              ", \"handshake_timeouts\": " + std::to_string(hc.timeouts);
       json += ", \"op_records_free\": " + std::to_string(rte_mempool_avail_count(dp_.op_pool));
       for (size_t p = 0; p < dp_.ports.size(); ++p) {
         json += ", \"port" + std::to_string(p) + "_mbufs_free\": " + std::to_string(rte_mempool_avail_count(dp_.ports[p].pool));
@@ -576,11 +592,43 @@ void Server::handle(Session& s, const Message& m) {
       reply(s, MsgType::stats_reply, tag, StatsReply{json});
       return;
     }
-    case MsgType::listen:
-    case MsgType::release_listen:
-      error(s, tag, static_cast<uint32_t>(ProtocolError::malformed),
-            std::string(to_string(m.type)) + ": passive open is not implemented yet");
+    case MsgType::listen: {
+      const auto& l = std::get<Listen>(m.body);
+      const uint64_t session_id = s.id;
+      const Status st = slow_.listen(l.port, l.backlog == 0 ? 1 : l.backlog, l.cached,
+                                     [this, session_id](const OffloadState& state) {
+        for (auto& sp : sessions_) {
+          if (sp->id != session_id || sp->closing) continue;
+          if (sp->conns.size() >= dp_.cfg.control_max_connections) return;  // the peer sees a RST
+          const int port = slow_.port_for(net::Ipv4Addr{state.constant.remote_ip});
+          if (port < 0) return;
+          Conn* c = new_conn(*sp, static_cast<uint16_t>(port));
+          c->accepted = true;
+          start_offload(*c, state);
+          return;
+        }
+      });
+      if (st != Status::success) {
+        error(s, tag, static_cast<uint32_t>(st), "LISTEN: port " + std::to_string(l.port) + " is already listened on");
+        return;
+      }
+      s.listens.push_back(l.port);
+      reply(s, MsgType::ok, tag, Ok{});
       return;
+    }
+    case MsgType::release_listen: {
+      const uint16_t port = std::get<ReleaseListen>(m.body).port;
+      auto it = std::find(s.listens.begin(), s.listens.end(), port);
+      if (it == s.listens.end()) {
+        error(s, tag, static_cast<uint32_t>(Status::invalid_state),
+              "RELEASE_LISTEN: this session does not listen on port " + std::to_string(port));
+        return;
+      }
+      slow_.unlisten(port);
+      s.listens.erase(it);
+      reply(s, MsgType::ok, tag, Ok{});
+      return;
+    }
     default:
       error(s, tag, static_cast<uint32_t>(ProtocolError::malformed),
             std::string(to_string(m.type)) + " is not a request a host sends");
@@ -624,15 +672,22 @@ void Server::on_note(OffloadNote& n) {
   switch (n.kind) {
     case OffloadNote::Kind::offload:
       --c.outstanding;
+      c.state_local_port = c.state->constant.local_port;
+      c.state_remote_port = c.state->constant.remote_port;
+      c.state_remote_ip = c.state->constant.remote_ip;
       c.state.reset();
       if (n.status == Status::success) {
         c.engine = n.handle;
         c.offloaded = true;
         ++counters_.connections_offloaded;
-        reply(s, MsgType::offload_complete, c.offload_tag, OffloadComplete{Status::success, c.handle});
+        if (c.accepted)
+          reply(s, MsgType::accept, 0,
+                Accept{c.state_local_port, c.state_remote_port, c.state_remote_ip, c.handle});
+        else
+          reply(s, MsgType::offload_complete, c.offload_tag, OffloadComplete{Status::success, c.handle});
         if (s.closing) abort_and_release(c);  // the host left while the offload was on its way
       } else {
-        reply(s, MsgType::offload_complete, c.offload_tag, OffloadComplete{n.status, 0});
+        if (!c.accepted) reply(s, MsgType::offload_complete, c.offload_tag, OffloadComplete{n.status, 0});
         release_conn(c);
       }
       return;

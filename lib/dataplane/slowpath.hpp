@@ -21,6 +21,8 @@ class SlowPath {
  public:
   explicit SlowPath(Dataplane& dp);
   ~SlowPath();
+  SlowPath(const SlowPath&) = delete;
+  SlowPath& operator=(const SlowPath&) = delete;
 
   // Active open for a host without a stack (RFC 9293 §3.5): SYN with MSS,
   // window scale, SACK-permitted and timestamps; on the SYN-ACK the ACK goes
@@ -36,6 +38,19 @@ class SlowPath {
     CachedState cached;
   };
   Status connect(const ConnectRequest& req, ConnectDone done);
+
+  // Passive open (RFC 9293 §3.5) on `local_port` of every port's address:
+  // SYN-ACKs for up to `backlog` half-open connections, SYN cookies (RFC 4987)
+  // beyond; each completed handshake goes to `accept` as a state to offload.
+  using AcceptFn = std::function<void(const OffloadState&)>;
+  Status listen(uint16_t local_port, uint16_t backlog, const CachedState& cached, AcceptFn accept);
+  void unlisten(uint16_t local_port);
+
+  struct HandshakeCounters {
+    uint64_t syn_sent = 0, synack_sent = 0, established_active = 0, established_passive = 0;
+    uint64_t cookies_sent = 0, cookies_accepted = 0, cookies_rejected = 0, refused = 0, timeouts = 0;
+  };
+  const HandshakeCounters& handshake_counters() const { return hs_counters_; }
   // The port whose prefix (or gateway) reaches `ip`; -1 when none does.
   int port_for(net::Ipv4Addr ip) const;
 
@@ -62,13 +77,20 @@ class SlowPath {
   };
 
   struct Handshake;
+  struct Listener;
   struct TupleHash {
     size_t operator()(uint64_t k) const { return std::hash<uint64_t>()(k); }
   };
   void handle(rte_mbuf* m, uint64_t now);
   void handle_arp(size_t port, rte_mbuf* m, uint64_t now);
   bool handle_handshake(size_t port, rte_mbuf* m, uint64_t now);
+  bool handle_listener(size_t port, rte_mbuf* m, uint64_t now);
   void send_syn(Handshake& hs, uint64_t now);
+  void send_synack(const Handshake& hs, uint32_t ts_val, uint64_t now);
+  OffloadState established(const Handshake& hs, uint64_t now) const;
+  uint32_t ts_clock(const Handshake& hs, uint64_t now) const;
+  uint32_t cookie(const Handshake& hs, uint32_t t) const;
+  void rst_reply(size_t port, rte_mbuf* m, uint64_t now);
   void send_tcp(size_t port, const net::TcpFrameSpec& spec, uint64_t now);
   void handshake_tick(uint64_t now);
   void transmit(size_t port, rte_mbuf* m);
@@ -80,6 +102,9 @@ class SlowPath {
   uint16_t next_ephemeral_ = 49152;
   // Handshakes in progress, by (remote ip, remote port, local port).
   std::unordered_map<uint64_t, std::unique_ptr<Handshake>, TupleHash> handshakes_;
+  std::unordered_map<uint16_t, std::unique_ptr<Listener>> listeners_;
+  uint32_t cookie_secret_ = 0;
+  HandshakeCounters hs_counters_;
 };
 
 }  // namespace chimney::dataplane

@@ -129,3 +129,68 @@ def test_terminate_during_a_pending_graceful_disconnect(target):
     assert state["state"] in ("FIN_WAIT_1", "ESTABLISHED")
     assert state["snd_una"] != state["snd_max"] or state["send_data"]
     linux.proc.kill()
+
+
+def serve_one(t, conn, expect_in, reply_bytes):
+    """Host side of a passive connection: receive everything until the peer's
+    FIN (DISCONNECT), then send `reply_bytes` of the stream and close."""
+    h = hashlib.sha256()
+    received = 0
+    posted = [conn.post_receive(MiB) for _ in range(4)]
+    while received < expect_in:
+        c = posted.pop(0).wait(60)
+        assert c.status == "NDIS_STATUS_SUCCESS", c.status
+        h.update(c.data)
+        received += len(c.data)
+        posted.append(conn.post_receive(MiB))
+    assert h.hexdigest() == hashlib.sha256(stream_peer.stream(expect_in)).hexdigest()
+    for r in posted:
+        assert r.wait(30).status == "NDIS_STATUS_INVALID_STATE"  # after the peer's FIN (C-16)
+    send_stream(conn, reply_bytes)
+    d = conn.disconnect(graceful=True).wait(30)
+    assert d.status == "NDIS_STATUS_SUCCESS"
+    return d
+
+
+def test_linux_client_to_a_chimney_listener(target):
+    t = target.target
+    t.listen(7100)
+    total = 16 * MiB
+    client = target.popen([PYTHON, str(Path(__file__).with_name("linux_client.py")), target.target_ip, "7100",
+                           str(total)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=str(Path(__file__).parent))
+    conn = t.accept(30)
+    serve_one(t, conn, total, 8 * MiB)
+    out, err = client.communicate(timeout=60)
+    got = json.loads(out.splitlines()[-1])
+    assert got["end"] == "eof", (got, err)
+    assert got["bytes"] == 8 * MiB
+    assert got["sha256"] == hashlib.sha256(stream_peer.stream(8 * MiB)).hexdigest()
+    conn.terminate()
+    t.release_listen(7100)
+
+
+def test_listener_beyond_its_backlog_answers_with_syn_cookies(target):
+    # Backlog 1 and eight clients at once: the rest get cookies (RFC 4987)
+    # and every connection still works end to end.
+    t = target.target
+    t.listen(7101, backlog=1)
+    n, total = 8, 256 * 1024
+    client = target.popen([PYTHON, str(Path(__file__).with_name("linux_client.py")), target.target_ip, "7101",
+                           str(total), str(n)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=str(Path(__file__).parent))
+    conns = [t.accept(30) for _ in range(n)]
+    for conn in conns:
+        serve_one(t, conn, total, 1000)
+    out, err = client.communicate(timeout=60)
+    results = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+    assert len(results) == n, err
+    for r in results:
+        assert r["end"] == "eof" and r["bytes"] == 1000, r
+    stats = t.stats()
+    assert stats["connections"] >= n
+    assert stats["syn_cookies_accepted"] >= 1, stats  # some came through cookies
+    assert stats["established_passive"] >= n
+    for conn in conns:
+        conn.terminate()
+    t.release_listen(7101)
