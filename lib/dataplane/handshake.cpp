@@ -45,6 +45,22 @@ uint8_t cookie_mss_index(uint16_t mss) {
 
 SlowPath::~SlowPath() = default;
 
+net::TcpFrameSpec SlowPath::frame_for(const Handshake& hs) {
+  // What every segment of a handshake shares (the MAC is the neighbour's,
+  // filled in by send_ipv4).
+  const Port& port = dp_.ports[hs.port];
+  net::TcpFrameSpec spec;
+  spec.src_mac = port.mac;
+  spec.src_ip = port.config.address.addr;
+  spec.dst_ip = hs.remote_ip;
+  spec.src_port = hs.local_port;
+  spec.dst_port = hs.remote_port;
+  spec.ttl = hs.cached.ttl;
+  spec.tos = hs.cached.tos;
+  spec.ip_id = net::next_ip_id(ip_id_);
+  return spec;
+}
+
 uint32_t SlowPath::ts_clock(const Handshake& hs, uint64_t now) const {
   return hs.ts_base + static_cast<uint32_t>(now * 1000 / rte_get_tsc_hz());
 }
@@ -103,18 +119,10 @@ void SlowPath::unlisten(uint16_t local_port) {
 
 void SlowPath::send_syn(Handshake& hs, uint64_t now) {
   const Port& port = dp_.ports[hs.port];
-  net::TcpFrameSpec spec;
-  spec.src_mac = port.mac;
-  spec.src_ip = port.config.address.addr;
-  spec.dst_ip = hs.remote_ip;
-  spec.src_port = hs.local_port;
-  spec.dst_port = hs.remote_port;
+  net::TcpFrameSpec spec = frame_for(hs);
   spec.seq = hs.iss;
   spec.flags = RTE_TCP_SYN_FLAG;
   spec.window = static_cast<uint16_t>(hs.cached.initial_rcv_wnd > 65535 ? 65535 : hs.cached.initial_rcv_wnd);
-  spec.ttl = hs.cached.ttl;
-  spec.tos = hs.cached.tos;
-  spec.ip_id = net::next_ip_id(ip_id_);
   spec.opts.has_mss = true;
   spec.opts.mss = static_cast<uint16_t>(port.config.mtu - 40);
   spec.opts.has_wscale = true;
@@ -132,19 +140,11 @@ void SlowPath::send_syn(Handshake& hs, uint64_t now) {
 void SlowPath::send_synack(const Handshake& hs, uint32_t ts_val, uint64_t now) {
   // Our options answer the peer's (RFC 7323 §1.3, RFC 2018 §2).
   const Port& port = dp_.ports[hs.port];
-  net::TcpFrameSpec spec;
-  spec.src_mac = port.mac;
-  spec.src_ip = port.config.address.addr;
-  spec.dst_ip = hs.remote_ip;
-  spec.src_port = hs.local_port;
-  spec.dst_port = hs.remote_port;
+  net::TcpFrameSpec spec = frame_for(hs);
   spec.seq = hs.iss;
   spec.ack = hs.irs + 1;
   spec.flags = RTE_TCP_SYN_FLAG | RTE_TCP_ACK_FLAG;
   spec.window = static_cast<uint16_t>(hs.cached.initial_rcv_wnd > 65535 ? 65535 : hs.cached.initial_rcv_wnd);
-  spec.ttl = hs.cached.ttl;
-  spec.tos = hs.cached.tos;
-  spec.ip_id = net::next_ip_id(ip_id_);
   spec.opts.has_mss = true;
   spec.opts.mss = static_cast<uint16_t>(port.config.mtu - 40);
   spec.opts.has_wscale = hs.peer.has_wscale;
@@ -285,21 +285,12 @@ bool SlowPath::handle_handshake(size_t p, rte_mbuf* m, uint64_t now) {
   const OffloadState st = established(hs, now);
 
   // The ACK completing the handshake (RFC 9293 §3.5), window as our SYN said.
-  const Port& port = dp_.ports[p];
-  net::TcpFrameSpec spec;
-  spec.src_mac = port.mac;
-  spec.src_ip = port.config.address.addr;
-  spec.dst_ip = remote;
-  spec.src_port = hs.local_port;
-  spec.dst_port = hs.remote_port;
+  net::TcpFrameSpec spec = frame_for(hs);
   spec.seq = hs.iss + 1;
   spec.ack = hs.irs + 1;
   spec.flags = RTE_TCP_ACK_FLAG;
   const uint32_t wnd = st.cached.initial_rcv_wnd >> st.constant.rcv_wscale;
   spec.window = static_cast<uint16_t>(wnd > 65535 ? 65535 : wnd);
-  spec.ttl = hs.cached.ttl;
-  spec.tos = hs.cached.tos;
-  spec.ip_id = net::next_ip_id(ip_id_);
   if (hs.peer.has_timestamp) {
     spec.opts.has_timestamp = true;
     spec.opts.ts_val = ts_clock(hs, now);

@@ -31,6 +31,24 @@ rte_hash* make_hash(const std::string& name, uint32_t entries, uint32_t key_len,
 
 void noop_free(void*, void*) {}
 
+// The engine's own reference on each NetBuffer of a send: payload mbufs add
+// theirs; the request is done when only this one is left (DESIGN.md buffers).
+void hold_buffers(NetBufferList* n) {
+  for (NetBuffer* b = n->first; b != nullptr; b = b->next) {
+    auto& bm = *new (b->target_reserved) BufferMeta{};
+    bm.shinfo.free_cb = noop_free;
+    rte_mbuf_ext_refcnt_set(&bm.shinfo, 1);
+  }
+}
+
+// A request refused at once completes with `st` on every list, nothing sent.
+void refuse_chain(NetBufferList* chain, Status st) {
+  for (NetBufferList* n = chain; n != nullptr; n = n->next) {
+    n->status = st;
+    n->bytes_transferred = 0;
+  }
+}
+
 bool valid_offload_state(TcpState s) {
   // C-4: never CLOSED, LISTEN, SYN_SENT, SYN_RECEIVED or TIME_WAIT.
   switch (s) {
@@ -218,11 +236,7 @@ void Engine::initiate_offload(const OffloadState& s, void* host_context, Connect
   c.send_head = d.send_data;
   for (NetBufferList* n = d.send_data; n != nullptr; n = n->next) {
     auto& sm = *new (n->target_reserved) SendMeta{seq, static_cast<uint32_t>(n->data_length()), RequestKind::send};
-    for (NetBuffer* b = n->first; b != nullptr; b = b->next) {
-      auto& bm = *new (b->target_reserved) BufferMeta{};
-      bm.shinfo.free_cb = noop_free;
-      rte_mbuf_ext_refcnt_set(&bm.shinfo, 1);
-    }
+    hold_buffers(n);
     seq += sm.length;
     c.send_tail = n;
   }
@@ -279,10 +293,7 @@ Status Engine::send(ConnectionHandle h, NetBufferList* chain) {
   else if (c.flags.aborted || c.flags.closed) refuse = Status::request_aborted;
   else if (c.flags.fin_queued) refuse = Status::invalid_state;
   if (refuse != Status::success) {
-    for (NetBufferList* n = chain; n != nullptr; n = n->next) {
-      n->status = refuse;
-      n->bytes_transferred = 0;
-    }
+    refuse_chain(chain, refuse);
     ++stats_.send_completions;
     host_.send_complete(c.handle, c.host_context, chain);
     return Status::pending;
@@ -292,11 +303,7 @@ Status Engine::send(ConnectionHandle h, NetBufferList* chain) {
     n->status = Status::pending;
     n->bytes_transferred = 0;
     new (n->target_reserved) SendMeta{c.snd.queued_end, static_cast<uint32_t>(n->data_length()), RequestKind::send};
-    for (NetBuffer* b = n->first; b != nullptr; b = b->next) {
-      auto& bm = *new (b->target_reserved) BufferMeta{};
-      bm.shinfo.free_cb = noop_free;
-      rte_mbuf_ext_refcnt_set(&bm.shinfo, 1);
-    }
+    hold_buffers(n);
     c.snd.queued_end += meta<SendMeta>(n).length;
     last = n;
   }
@@ -322,10 +329,7 @@ Status Engine::receive(ConnectionHandle h, NetBufferList* chain) {
   else if (c.flags.aborted) refuse = Status::request_aborted;
   else if (c.flags.fin_indicated && c.rx_buffered.bytes == 0) refuse = Status::invalid_state;  // C-16
   if (refuse != Status::success) {
-    for (NetBufferList* n = chain; n != nullptr; n = n->next) {
-      n->status = refuse;
-      n->bytes_transferred = 0;
-    }
+    refuse_chain(chain, refuse);
     ++stats_.receive_completions;
     host_.receive_complete(c.handle, c.host_context, chain);
     return Status::pending;
@@ -373,11 +377,7 @@ Status Engine::disconnect(ConnectionHandle h, NetBufferList* nbl, DisconnectKind
   // C-11: the request's data goes after every queued send, then the FIN.
   nbl->status = Status::pending;
   new (nbl->target_reserved) SendMeta{c.snd.queued_end, static_cast<uint32_t>(nbl->data_length()), RequestKind::disconnect};
-  for (NetBuffer* b = nbl->first; b != nullptr; b = b->next) {
-    auto& bm = *new (b->target_reserved) BufferMeta{};
-    bm.shinfo.free_cb = noop_free;
-    rte_mbuf_ext_refcnt_set(&bm.shinfo, 1);
-  }
+  hold_buffers(nbl);
   c.snd.queued_end += meta<SendMeta>(nbl).length + 1;
   c.flags.fin_queued = true;
   c.disconnect = nbl;

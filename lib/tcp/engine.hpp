@@ -134,8 +134,7 @@ class Engine final : public OffloadTarget {
   bool send_segment(Tcb& c, uint32_t seq, uint32_t len, uint8_t tcp_flags, bool retransmission);
   void send_ack(Tcb& c);
   void send_rst(Tcb& c);
-  struct HeaderSpec;
-  rte_mbuf* build_header(const HeaderSpec& h);
+  rte_mbuf* build_header(const net::TcpFrameSpec& h);
   rte_mbuf* header(Tcb& c, uint32_t seq, uint8_t tcp_flags, bool sack_blocks, uint32_t payload_len);
   void finish_segment(rte_mbuf* m);
   bool attach_payload(Tcb& c, rte_mbuf* hdr, uint32_t seq, uint32_t len, bool& psh);

@@ -15,67 +15,9 @@
 
 namespace chimney::tcp {
 
-struct Engine::HeaderSpec {
-  const uint8_t* src_mac;
-  const uint8_t* dst_mac;
-  uint32_t src_ip;
-  uint32_t dst_ip;
-  uint16_t src_port;
-  uint16_t dst_port;
-  uint32_t seq;
-  uint32_t ack;
-  uint16_t window;  // the field value
-  uint8_t flags;
-  uint8_t ttl;
-  uint8_t tos;
-  uint16_t ip_id;
-  net::TcpOptions opts;  // timestamps and SACK blocks only
-};
-
-rte_mbuf* Engine::build_header(const HeaderSpec& h) {
-  rte_mbuf* m = rte_pktmbuf_alloc(cfg_.header_pool);
-  if (m == nullptr) {
-    ++stats_.no_mbuf;
-    return nullptr;
-  }
-  uint8_t opt[net::kMaxTcpOptionBytes];
-  const size_t optlen = net::write_tcp_options(opt, h.opts);
-  const uint16_t l4 = static_cast<uint16_t>(sizeof(rte_tcp_hdr) + optlen);
-  auto* p = reinterpret_cast<uint8_t*>(
-      rte_pktmbuf_append(m, static_cast<uint16_t>(sizeof(rte_ether_hdr) + sizeof(rte_ipv4_hdr) + l4)));
-  if (p == nullptr) {  // a header never outgrows an mbuf; keep the compiler sure of it
-    rte_pktmbuf_free(m);
-    return nullptr;
-  }
-  auto* eth = reinterpret_cast<rte_ether_hdr*>(p);
-  std::memcpy(eth->dst_addr.addr_bytes, h.dst_mac, 6);
-  std::memcpy(eth->src_addr.addr_bytes, h.src_mac, 6);
-  eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
-  auto* ip = reinterpret_cast<rte_ipv4_hdr*>(eth + 1);
-  ip->version_ihl = RTE_IPV4_VHL_DEF;
-  ip->type_of_service = h.tos;
-  ip->total_length = 0;  // finish_segment
-  ip->packet_id = rte_cpu_to_be_16(h.ip_id);
-  ip->fragment_offset = rte_cpu_to_be_16(RTE_IPV4_HDR_DF_FLAG);  // C-8
-  ip->time_to_live = h.ttl;
-  ip->next_proto_id = IPPROTO_TCP;
-  ip->hdr_checksum = 0;
-  ip->src_addr = rte_cpu_to_be_32(h.src_ip);
-  ip->dst_addr = rte_cpu_to_be_32(h.dst_ip);
-  auto* th = reinterpret_cast<rte_tcp_hdr*>(ip + 1);
-  th->src_port = rte_cpu_to_be_16(h.src_port);
-  th->dst_port = rte_cpu_to_be_16(h.dst_port);
-  th->sent_seq = rte_cpu_to_be_32(h.seq);
-  th->recv_ack = rte_cpu_to_be_32(h.ack);
-  th->data_off = static_cast<uint8_t>((l4 / 4) << 4);
-  th->tcp_flags = h.flags;
-  th->rx_win = rte_cpu_to_be_16(h.window);
-  th->cksum = 0;
-  th->tcp_urp = 0;
-  std::memcpy(th + 1, opt, optlen);
-  m->l2_len = sizeof(rte_ether_hdr);
-  m->l3_len = sizeof(rte_ipv4_hdr);
-  m->l4_len = l4;
+rte_mbuf* Engine::build_header(const net::TcpFrameSpec& h) {
+  rte_mbuf* m = net::build_tcp_frame(cfg_.header_pool, h);
+  if (m == nullptr) ++stats_.no_mbuf;
   return m;
 }
 
@@ -87,11 +29,11 @@ void Engine::finish_segment(rte_mbuf* m) {
 }
 
 rte_mbuf* Engine::header(Tcb& c, uint32_t seq, uint8_t tcp_flags, bool sack_blocks, uint32_t payload_len) {
-  HeaderSpec h{};
-  h.src_mac = c.local_mac;
-  h.dst_mac = c.remote_mac;
-  h.src_ip = c.local_ip;
-  h.dst_ip = c.remote_ip;
+  net::TcpFrameSpec h;
+  std::memcpy(h.src_mac.addr_bytes, c.local_mac, 6);
+  std::memcpy(h.dst_mac.addr_bytes, c.remote_mac, 6);
+  h.src_ip = net::Ipv4Addr{c.local_ip};
+  h.dst_ip = net::Ipv4Addr{c.remote_ip};
   h.src_port = c.local_port;
   h.dst_port = c.remote_port;
   h.seq = seq;
@@ -273,11 +215,11 @@ void Engine::send_rst(Tcb& c) {
 }
 
 void Engine::send_time_wait_ack(const TimeWait& tw) {
-  HeaderSpec h{};
-  h.src_mac = tw.local_mac;
-  h.dst_mac = tw.remote_mac;
-  h.src_ip = tw.key.local_ip;
-  h.dst_ip = tw.key.remote_ip;
+  net::TcpFrameSpec h;
+  std::memcpy(h.src_mac.addr_bytes, tw.local_mac, 6);
+  std::memcpy(h.dst_mac.addr_bytes, tw.remote_mac, 6);
+  h.src_ip = net::Ipv4Addr{tw.key.local_ip};
+  h.dst_ip = net::Ipv4Addr{tw.key.remote_ip};
   h.src_port = tw.key.local_port;
   h.dst_port = tw.key.remote_port;
   h.seq = tw.snd_nxt;
