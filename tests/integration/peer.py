@@ -9,6 +9,10 @@ with `ip netns exec`. It prints one JSON line when it is done.
   peer.py stall PORT           accept one connection, never read; report how
                                the connection ended (ECONNRESET expected)
   peer.py echo-close PORT      accept, read to EOF, then close (half-close test)
+  peer.py gated-source PORT NBYTES
+                               accept one connection, wait for a line on stdin,
+                               then send NBYTES of the test stream and close
+                               (the test decides when data starts to flow)
 
 It prints 'listening' on stdout once it listens, so the test can connect.
 """
@@ -71,8 +75,10 @@ def main():
                     break
                 h.update(data)
                 n += len(data)
-        elif mode == "source":
+        elif mode in ("source", "gated-source"):
             total = int(sys.argv[3])
+            if mode == "gated-source":
+                sys.stdin.readline()
             for c in chunks(total):
                 conn.sendall(c)
                 h.update(c)
@@ -90,12 +96,18 @@ def main():
                 state = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
                 if err == errno.ECONNRESET or state == 7:  # TCP_CLOSE
                     result["end"] = "reset"
+                    # The state may be read just after the RST that the
+                    # SO_ERROR read before it missed: ask once more.
+                    err = err or conn.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        result["error"] = errno.errorcode.get(err, str(err))
                     break
                 time.sleep(0.05)
             else:
                 result["end"] = "timeout"
     except ConnectionResetError:
         result["end"] = "reset"
+        result["error"] = "ECONNRESET"
     result["bytes"] = n
     result["sha256"] = h.hexdigest()
     conn.close()
