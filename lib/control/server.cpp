@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <deque>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -61,7 +62,10 @@ struct Server::Session {
   bool closing = false;  // the host went away; waiting for the workers
   std::vector<uint8_t> in;
   std::vector<uint8_t> out;
-  std::vector<int> fds;  // received with SCM_RIGHTS, for REGISTER_MEMORY
+  // Descriptors received with SCM_RIGHTS and the stream offset of the bytes
+  // they came with: a REGISTER_MEMORY takes only one that came with it.
+  std::deque<std::pair<uint64_t, int>> fds;
+  uint64_t consumed = 0;  // stream offset of in[0]
   std::unordered_map<uint32_t, std::unique_ptr<Region>> regions;
   uint64_t registered = 0;
   uint32_t next_region = 1;
@@ -108,7 +112,7 @@ Server::Server(dataplane::Dataplane& dp, dataplane::SlowPath& slow)
 Server::~Server() {
   for (auto& s : sessions_) {
     if (s->fd >= 0) ::close(s->fd);
-    for (int fd : s->fds) ::close(fd);
+    for (auto& [off, fd] : s->fds) ::close(fd);
     for (auto& [id, r] : s->regions) ::munmap(r->base, r->size);
   }
   if (listen_fd_ >= 0) {
@@ -131,7 +135,7 @@ unsigned Server::poll(uint64_t) {
     Session& s = *sessions_[i];
     if (s.closing && s.conns.empty()) {
       for (auto& [id, r] : s.regions) ::munmap(r->base, r->size);
-      for (int fd : s.fds) ::close(fd);
+      for (auto& [off, fd] : s.fds) ::close(fd);
       sessions_.erase(sessions_.begin() + static_cast<long>(i));
       continue;
     }
@@ -193,7 +197,7 @@ void Server::read_session(Session& s) {
       for (size_t i = 0; i < count; ++i) {
         int fd;
         std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-        s.fds.push_back(fd);
+        s.fds.emplace_back(s.consumed + s.in.size(), fd);
       }
     }
     s.in.insert(s.in.end(), buf, buf + n);
@@ -202,11 +206,17 @@ void Server::read_session(Session& s) {
   while (!s.closing) {
     std::string why;
     const std::span<const uint8_t> rest(s.in.data() + off, s.in.size() - off);
+    // The tag, once the header holds it: every ERROR names its request.
+    uint64_t tag = 0;
+    if (rest.size() >= kHeaderSize)
+      for (int i = 7; i >= 0; --i) tag = (tag << 8) | rest[8 + static_cast<size_t>(i)];
     const std::optional<size_t> len = message_length(rest, why);
     if (!len) {
       if (!why.empty()) {
         // The stream cannot be resynchronised: say why and end the session.
-        error(s, 0, static_cast<uint32_t>(ProtocolError::malformed), why);
+        const uint16_t version = rest.size() >= 6 ? static_cast<uint16_t>(rest[4] | rest[5] << 8) : kVersion;
+        const ProtocolError code = version != kVersion ? ProtocolError::unsupported_version : ProtocolError::malformed;
+        error(s, tag, static_cast<uint32_t>(code), why);
         flush_session(s);
         close_session(s, "protocol error: " + why);
       }
@@ -214,17 +224,27 @@ void Server::read_session(Session& s) {
     }
     if (rest.size() < *len) break;
     std::optional<Message> m = decode(rest.first(*len), why);
-    uint64_t tag = 0;
-    if (rest.size() >= 16) std::memcpy(&tag, rest.data() + 8, sizeof tag);  // little-endian hosts
+    const uint64_t begin = s.consumed + off;
     off += *len;
     ++counters_.requests;
+    // Descriptors that came with this message: REGISTER_MEMORY takes the
+    // first; any other is closed (it belongs to no request).
+    int fd = -1;
+    while (!s.fds.empty() && s.fds.front().first < begin + *len) {
+      const int f = s.fds.front().second;
+      s.fds.pop_front();
+      if (fd < 0 && m && m->type == MsgType::register_memory) fd = f;
+      else ::close(f);
+    }
     if (!m) {
       error(s, tag, static_cast<uint32_t>(ProtocolError::malformed), why);
       continue;
     }
-    handle(s, *m);
+    handle(s, *m, fd);
   }
-  s.in.erase(s.in.begin(), s.in.begin() + static_cast<long>(std::min(off, s.in.size())));
+  const size_t used = std::min(off, s.in.size());
+  s.in.erase(s.in.begin(), s.in.begin() + static_cast<long>(used));
+  s.consumed += used;
 }
 
 void Server::flush_session(Session& s) {
@@ -360,7 +380,7 @@ void Server::release_conn(Conn& c) {
   s.conns.erase(c.handle);  // c is gone after this
 }
 
-void Server::handle(Session& s, const Message& m) {
+void Server::handle(Session& s, const Message& m, int fd) {
   const uint64_t tag = m.tag;
   auto bad_handle = [&](uint32_t h) {
     error(s, tag, static_cast<uint32_t>(ProtocolError::unknown_handle),
@@ -372,16 +392,19 @@ void Server::handle(Session& s, const Message& m) {
       return;
     case MsgType::register_memory: {
       const auto& r = std::get<RegisterMemory>(m.body);
-      if (s.fds.empty()) {
+      if (fd < 0) {
         error(s, tag, static_cast<uint32_t>(ProtocolError::bad_buffer), "REGISTER_MEMORY: no file descriptor came with it");
         return;
       }
-      const int fd = s.fds.front();
-      s.fds.erase(s.fds.begin());
       struct stat st{};
       const uint64_t limit = uint64_t{dp_.cfg.control_max_memory_mb} << 20;
       std::string why;
+      const int seals = ::fcntl(fd, F_GET_SEALS);
       if (r.size == 0) why = "size 0";
+      // A region that could shrink under us would fault chimneyd (SIGBUS):
+      // the host seals it (memfd_create MFD_ALLOW_SEALING, F_SEAL_SHRINK).
+      else if (seals < 0 || !(seals & F_SEAL_SHRINK))
+        why = "the memory object is not sealed against shrinking (F_SEAL_SHRINK)";
       else if (::fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < r.size)
         why = "the memory object is smaller than " + std::to_string(r.size) + " bytes";
       else if (s.registered + r.size > limit)

@@ -45,7 +45,8 @@ class Server final : public dataplane::MainService {
   void read_session(Session& s);
   void flush_session(Session& s);
   void close_session(Session& s, const std::string& why);
-  void handle(Session& s, const Message& m);
+  // `fd`: the descriptor that came with the message, or -1.
+  void handle(Session& s, const Message& m, int fd);
   unsigned drain_notes();
   void on_note(dataplane::OffloadNote& n);
 

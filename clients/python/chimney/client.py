@@ -25,6 +25,7 @@ import collections
 import ipaddress
 import json
 import mmap
+import fcntl
 import os
 import socket
 import threading
@@ -366,8 +367,10 @@ class Target:
                                    f"server speaks version {reply.server_version}, this client {p.VERSION}")
             self.session, self.server_version, self.max_message = (reply.session, reply.server_version,
                                                                    reply.max_message)
-            self._fd = os.memfd_create("chimney-region", os.MFD_CLOEXEC)
+            self._fd = os.memfd_create("chimney-region", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
             os.ftruncate(self._fd, region_size)
+            # chimneyd maps the region; sealed, it can never shrink under it.
+            fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
             self._map = mmap.mmap(self._fd, region_size)
             self.region = self._call(p.RegisterMemory(region_size), (p.MsgType.REGISTERED,), timeout,
                                      fd=self._fd).body.region
