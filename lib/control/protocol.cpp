@@ -130,6 +130,8 @@ MsgType type_of(const Body& body, MsgType completion_type) {
         else if constexpr (std::is_same_v<T, Terminate>) return MsgType::terminate;
         else if constexpr (std::is_same_v<T, Stats>) return MsgType::stats;
         else if constexpr (std::is_same_v<T, ReleaseListen>) return MsgType::release_listen;
+        else if constexpr (std::is_same_v<T, Attach>) return MsgType::attach;
+        else if constexpr (std::is_same_v<T, Attached>) return MsgType::attached;
         else if constexpr (std::is_same_v<T, HelloReply>) return MsgType::hello_reply;
         else if constexpr (std::is_same_v<T, Registered>) return MsgType::registered;
         else if constexpr (std::is_same_v<T, OffloadComplete>) return MsgType::offload_complete;
@@ -187,6 +189,11 @@ void put_body(Writer& w, const Body& body) {
           // empty
         } else if constexpr (std::is_same_v<T, ReleaseListen>) {
           w.u16(b.port);
+        } else if constexpr (std::is_same_v<T, Attach>) {
+          w.u64(b.session);
+        } else if constexpr (std::is_same_v<T, Attached>) {
+          w.u32(b.connections);
+          w.u32(b.regions);
         } else if constexpr (std::is_same_v<T, HelloReply>) {
           w.u32(b.server_version);
           w.u32(b.max_message);
@@ -457,7 +464,7 @@ std::string get_text(std::span<const uint8_t> bytes, Check& c, const char* field
 }
 
 bool known_type(uint16_t t) {
-  return (t >= 1 && t <= 12) || (t >= 101 && t <= 111) || t == 199;
+  return (t >= 1 && t <= 13) || (t >= 101 && t <= 112) || t == 199;
 }
 
 // Decodes the body of a message of type `type`; the header is already checked.
@@ -553,6 +560,15 @@ std::optional<Body> decode_body(MsgType type, std::span<const uint8_t> body, std
       break;
     case MsgType::release_listen:
       if (c.body_is(n, 2)) out = ReleaseListen{r.u16()};
+      break;
+    case MsgType::attach:
+      if (c.body_is(n, 8)) out = Attach{r.u64()};
+      break;
+    case MsgType::attached:
+      if (c.body_is(n, 8)) {
+        const uint32_t conns = r.u32();
+        out = Attached{conns, r.u32()};
+      }
       break;
 
     case MsgType::hello_reply:
@@ -682,6 +698,8 @@ const char* to_string(MsgType t) {
     case MsgType::terminate: return "TERMINATE";
     case MsgType::stats: return "STATS";
     case MsgType::release_listen: return "RELEASE_LISTEN";
+    case MsgType::attach: return "ATTACH";
+    case MsgType::attached: return "ATTACHED";
     case MsgType::hello_reply: return "HELLO_REPLY";
     case MsgType::registered: return "REGISTERED";
     case MsgType::offload_complete: return "OFFLOAD_COMPLETE";

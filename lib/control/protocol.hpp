@@ -34,6 +34,7 @@ enum class MsgType : uint16_t {
   terminate = 10,
   stats = 11,
   release_listen = 12,
+  attach = 13,
 
   hello_reply = 101,
   registered = 102,
@@ -46,6 +47,7 @@ enum class MsgType : uint16_t {
   ok = 109,
   event = 110,
   accept = 111,
+  attached = 112,
   error = 199,
 };
 
@@ -88,6 +90,7 @@ struct Disconnect { uint32_t handle = 0; uint32_t kind = 0; BufferRef buf; };
 struct Terminate { uint32_t handle = 0; };
 struct Stats {};
 struct ReleaseListen { uint16_t port = 0; };
+struct Attach { uint64_t session = 0; };  // take over a detached session of the same uid
 
 // ---- target -> host
 struct HelloReply { uint32_t server_version = kVersion; uint32_t max_message = kMaxMessage; uint64_t session = 0; };
@@ -107,10 +110,11 @@ struct Ok {};
 struct Event { uint32_t handle = 0; WireEvent kind = WireEvent::disconnect; uint8_t reason = 0; uint32_t value = 0; };
 struct Accept { uint16_t local_port = 0; uint16_t remote_port = 0; uint32_t remote_ip = 0; uint32_t handle = 0; };
 struct Error { uint32_t code = 0; std::string text; };
+struct Attached { uint32_t connections = 0; uint32_t regions = 0; };
 
 using Body = std::variant<Hello, RegisterMemory, UnregisterMemory, Connect, Listen, Offload, Send, Receive, Disconnect,
                           Terminate, Stats, ReleaseListen, HelloReply, Registered, OffloadComplete, Completion,
-                          TerminateComplete, StatsReply, Ok, Event, Accept, Error>;
+                          TerminateComplete, StatsReply, Ok, Event, Accept, Error, Attach, Attached>;
 
 struct Message {
   MsgType type = MsgType::hello;  // for Completion: send/receive/disconnect_complete

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include <rte_cycles.h>
 #include <rte_random.h>
 #include <spdlog/spdlog.h>
 
@@ -59,7 +60,9 @@ struct Server::Session {
   uint64_t id = 0;
   int fd = -1;
   uid_t uid = 0;
-  bool closing = false;  // the host went away; waiting for the workers
+  bool closing = false;   // ended: waiting for the workers to return everything
+  bool detached = false;  // the host went away; its connections wait for an ATTACH
+  uint64_t detached_until = 0;  // TSC
   std::vector<uint8_t> in;
   std::vector<uint8_t> out;
   // Descriptors received with SCM_RIGHTS and the stream offset of the bytes
@@ -121,12 +124,20 @@ Server::~Server() {
   }
 }
 
-unsigned Server::poll(uint64_t) {
+unsigned Server::poll(uint64_t now_tsc) {
+  now_tsc_ = now_tsc;
   unsigned work = drain_notes();
   if (listen_fd_ < 0) return work;
   accept_sessions();
   for (size_t i = 0; i < sessions_.size(); ++i) {
     Session& s = *sessions_[i];
+    if (s.detached) {
+      if (now_tsc >= s.detached_until) {
+        s.detached = false;
+        close_session(s, "nobody re-attached within control-grace-s", /*may_detach=*/false);
+      }
+      continue;
+    }
     if (!s.closing) read_session(s);
     if (!s.closing) flush_session(s);
   }
@@ -173,6 +184,7 @@ void Server::accept_sessions() {
 
 void Server::read_session(Session& s) {
   uint8_t buf[65536];
+  std::string ended;  // why the socket ended, once it did: requests read before still count
   for (;;) {
     alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
     iovec iov{buf, sizeof buf};
@@ -183,13 +195,13 @@ void Server::read_session(Session& s) {
     msg.msg_controllen = sizeof control;
     const ssize_t n = ::recvmsg(s.fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (n == 0) {
-      close_session(s, "the host closed the socket");
-      return;
+      ended = "the host closed the socket";
+      break;
     }
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-      close_session(s, std::string("read: ") + std::strerror(errno));
-      return;
+      ended = std::string("read: ") + std::strerror(errno);
+      break;
     }
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
@@ -245,9 +257,11 @@ void Server::read_session(Session& s) {
   const size_t used = std::min(off, s.in.size());
   s.in.erase(s.in.begin(), s.in.begin() + static_cast<long>(used));
   s.consumed += used;
+  if (!ended.empty()) close_session(s, ended);
 }
 
 void Server::flush_session(Session& s) {
+  if (s.fd < 0) return;  // detached: what is queued waits for an ATTACH
   size_t off = 0;
   while (off < s.out.size()) {
     const ssize_t n = ::send(s.fd, s.out.data() + off, s.out.size() - off, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -260,15 +274,27 @@ void Server::flush_session(Session& s) {
     off += static_cast<size_t>(n);
   }
   s.out.erase(s.out.begin(), s.out.begin() + static_cast<long>(off));
-  if (s.out.size() > kMaxOutput) close_session(s, "the host stopped reading its completions");
+  if (s.out.size() > kMaxOutput) close_session(s, "the host stopped reading its completions", false);
 }
 
-void Server::close_session(Session& s, const std::string& why) {
-  if (s.closing) return;
+void Server::close_session(Session& s, const std::string& why, bool may_detach) {
+  if (s.closing || s.detached) return;
+  if (s.fd >= 0) ::close(s.fd);
+  s.fd = -1;
+  s.in.clear();
+  const uint64_t grace = dp_.cfg.control_grace_s;
+  if (may_detach && grace != 0 && (!s.conns.empty() || !s.listens.empty())) {
+    // Kept for a new session of the same uid to ATTACH and collect what
+    // completes meanwhile; then aborted (issue: sessions and grace period).
+    s.detached = true;
+    s.detached_until = now_tsc_ + grace * rte_get_tsc_hz();
+    ++counters_.sessions_detached;
+    spdlog::info("control: session {} detached ({}); {} connection(s) kept {} s for uid {} to re-attach", s.id, why,
+                 s.conns.size(), grace, s.uid);
+    return;
+  }
   s.closing = true;
   ++counters_.sessions_closed;
-  ::close(s.fd);
-  s.fd = -1;
   s.out.clear();
   for (uint16_t port : s.listens) slow_.unlisten(port);
   s.listens.clear();
@@ -287,6 +313,10 @@ void Server::close_session(Session& s, const std::string& why) {
 void Server::reply(Session& s, MsgType type, uint64_t tag, Body body) {
   if (s.closing) return;
   encode(Message{type, tag, std::move(body)}, s.out);
+  if (s.detached && s.out.size() > kMaxOutput) {  // too much waits for nobody
+    s.detached = false;
+    close_session(s, "too many completions queued while detached", false);
+  }
 }
 
 void Server::error(Session& s, uint64_t tag, uint32_t code, const std::string& text) {
@@ -588,6 +618,8 @@ void Server::handle(Session& s, const Message& m, int fd) {
       json += ", \"connections\": " + std::to_string(conns);
       json += ", \"sessions_opened\": " + std::to_string(counters_.sessions_opened);
       json += ", \"sessions_closed\": " + std::to_string(counters_.sessions_closed);
+      json += ", \"sessions_detached\": " + std::to_string(counters_.sessions_detached);
+      json += ", \"sessions_attached\": " + std::to_string(counters_.sessions_attached);
       json += ", \"sessions_refused\": " + std::to_string(counters_.sessions_refused);
       json += ", \"requests\": " + std::to_string(counters_.requests);
       json += ", \"errors\": " + std::to_string(counters_.errors);
@@ -637,6 +669,39 @@ void Server::handle(Session& s, const Message& m, int fd) {
       }
       s.listens.push_back(l.port);
       reply(s, MsgType::ok, tag, Ok{});
+      return;
+    }
+    case MsgType::attach: {
+      const uint64_t id = std::get<Attach>(m.body).session;
+      Session* old = nullptr;
+      for (auto& sp : sessions_)
+        if (sp.get() != &s && sp->id == id && sp->detached && sp->uid == s.uid) old = sp.get();
+      if (old == nullptr || !s.conns.empty() || !s.regions.empty() || !s.listens.empty()) {
+        error(s, tag, static_cast<uint32_t>(ProtocolError::not_allowed),
+              old == nullptr ? "ATTACH: no detached session " + std::to_string(id) + " of this uid"
+                             : "ATTACH: only a fresh session can take another one over");
+        return;
+      }
+      // This session becomes the old one: its connections, regions,
+      // listeners, identity, and the completions queued meanwhile.
+      s.conns = std::move(old->conns);
+      for (auto& [h, c] : s.conns) c->session = &s;
+      s.regions = std::move(old->regions);
+      s.registered = old->registered;
+      s.next_region = old->next_region;
+      s.listens = std::move(old->listens);
+      std::vector<uint8_t> queued = std::move(old->out);
+      std::swap(s.id, old->id);
+      old->detached = false;
+      old->closing = true;  // empty now: the poll loop lets it go
+      old->conns.clear();
+      old->regions.clear();
+      ++counters_.sessions_attached;
+      spdlog::info("control: session {} re-attached with {} connection(s), {} bytes of completions queued", s.id,
+                   s.conns.size(), queued.size());
+      reply(s, MsgType::attached, tag,
+            Attached{static_cast<uint32_t>(s.conns.size()), static_cast<uint32_t>(s.regions.size())});
+      s.out.insert(s.out.end(), queued.begin(), queued.end());
       return;
     }
     case MsgType::release_listen: {

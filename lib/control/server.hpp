@@ -28,7 +28,8 @@ class Server final : public dataplane::MainService {
   unsigned poll(uint64_t now_tsc) override;
 
   struct Counters {
-    uint64_t sessions_opened = 0, sessions_closed = 0, sessions_refused = 0;
+    uint64_t sessions_opened = 0, sessions_closed = 0, sessions_refused = 0, sessions_detached = 0,
+             sessions_attached = 0;
     uint64_t requests = 0, errors = 0, completions = 0, events = 0;
     uint64_t connections_offloaded = 0, connections_released = 0, orphans_aborted = 0;
   };
@@ -44,7 +45,9 @@ class Server final : public dataplane::MainService {
   void accept_sessions();
   void read_session(Session& s);
   void flush_session(Session& s);
-  void close_session(Session& s, const std::string& why);
+  // Ends the session; with may_detach and a grace period its connections
+  // wait control-grace-s for an ATTACH before they are aborted.
+  void close_session(Session& s, const std::string& why, bool may_detach = true);
   // `fd`: the descriptor that came with the message, or -1.
   void handle(Session& s, const Message& m, int fd);
   unsigned drain_notes();
@@ -68,6 +71,7 @@ class Server final : public dataplane::MainService {
   std::string path_;
   int listen_fd_ = -1;
   uint64_t next_session_ = 1;
+  uint64_t now_tsc_ = 0;
   std::vector<std::unique_ptr<Session>> sessions_;  // live and closing
   Counters counters_;
 };

@@ -253,7 +253,10 @@ ParseOutcome parse_config(const std::vector<std::string>& args) {
     ("control-max-requests", po::value<unsigned>(&cfg.control_max_requests)
        ->default_value(cfg.control_max_requests), "outstanding requests per connection (1-1048576)")
     ("control-max-memory-mb", po::value<unsigned>(&cfg.control_max_memory_mb)
-       ->default_value(cfg.control_max_memory_mb), "shared memory a session may register, MiB (1-1048576)");
+       ->default_value(cfg.control_max_memory_mb), "shared memory a session may register, MiB (1-1048576)")
+    ("control-grace-s", po::value<unsigned>(&cfg.control_grace_s)->default_value(cfg.control_grace_s),
+     "seconds a lost session's connections wait for a session of the same uid to ATTACH, then are "
+     "aborted (0-3600; 0: at once)");
   all.add(general).add(ports).add(slow).add(engine).add(control);
 
   po::variables_map vm;
@@ -319,6 +322,7 @@ ParseOutcome parse_config(const std::vector<std::string>& args) {
     range("control-max-connections", cfg.control_max_connections, 1, 16777216);
     range("control-max-requests", cfg.control_max_requests, 1, 1048576);
     range("control-max-memory-mb", cfg.control_max_memory_mb, 1, 1048576);
+    range("control-grace-s", cfg.control_grace_s, 0, 3600);
     if (!allowed_uids.empty()) {
       std::stringstream us(allowed_uids);
       for (std::string u; std::getline(us, u, ',');) {

@@ -60,6 +60,7 @@ struct Config {
   unsigned control_max_connections = 65536;    // per session
   unsigned control_max_requests = 4096;        // outstanding per connection
   unsigned control_max_memory_mb = 4096;       // registered per session
+  unsigned control_grace_s = 10;               // a lost session's connections wait this long for ATTACH
 };
 
 // The outcome of reading the options: run with a config, or exit at once

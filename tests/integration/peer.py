@@ -6,6 +6,7 @@ with `ip netns exec`. It prints one JSON line when it is done.
                                report bytes, sha256, and how it ended
   peer.py source PORT NBYTES   accept one connection, send NBYTES of the test
                                stream, then close; report bytes and sha256
+  peer.py gated-sink PORT      like sink, but reads nothing until a line on stdin
   peer.py stall PORT           accept one connection, never read; report how
                                the connection ended (ECONNRESET expected)
   peer.py echo-close PORT      accept, read to EOF, then close (half-close test)
@@ -67,7 +68,9 @@ def main():
     h = hashlib.sha256()
     n = 0
     try:
-        if mode in ("sink", "echo-close"):
+        if mode == "gated-sink":
+            sys.stdin.readline()  # stalls (its window fills) until the test says go
+        if mode in ("sink", "echo-close", "gated-sink"):
             while True:
                 data = conn.recv(1 << 20)
                 if not data:

@@ -125,6 +125,8 @@ def every_type():
         M(MsgType.TERMINATE, 10, Terminate(0xCAFEF00D)),
         M(MsgType.STATS, 11, Stats()),
         M(MsgType.RELEASE_LISTEN, 12, ReleaseListen(65535)),
+        M(MsgType.ATTACH, 13, p.Attach(0x0102030405060708)),
+        M(MsgType.ATTACHED, 14, p.Attached(7, 2)),
         M(MsgType.HELLO_REPLY, 101, HelloReply(1, 32768, 0xABCDEF0123456789)),
         M(MsgType.REGISTERED, 102, Registered(0x55AA55AA)),
         M(MsgType.OFFLOAD_COMPLETE, 103, OffloadComplete(0, 0x00030004)),

@@ -379,7 +379,7 @@ def test_bad_fields(target, mtype, body, words):
 
 def test_unknown_types(target):
     with Raw(target.control_socket) as s:
-        for t in (0, 13, 100, 112, 198, 200, 0xFFFF):
+        for t in (0, 14, 100, 113, 198, 200, 0xFFFF):
             tag = s.tag()
             s.write(frame(t, tag, b"\0" * 8))
             expect_error(s.reply(tag), tag, E.MALFORMED, f"unknown message type {t}")
@@ -789,7 +789,7 @@ time.sleep(120)
 
 
 def test_host_killed_mid_transfer_aborts_its_connection(fresh):
-    with fresh() as t:
+    with fresh("--control-grace-s", "1") as t:
         with Client(t.control_socket, region_size=MiB) as observer:
             baseline = pools(observer.stats())
             linux = LinuxPeer(t, "stall", 7306)
@@ -813,11 +813,12 @@ def test_host_killed_mid_transfer_aborts_its_connection(fresh):
             assert got["end"] == "reset", got  # the orphan was aborted with a RST
             after = settled(observer, baseline)
             assert after["sessions"] == 1 and after["orphans_aborted"] == 1, after
+            assert after["sessions_detached"] == 1, after  # kept for the grace period first
             assert after["connections_released"] == after["connections_offloaded"] == 1, after
 
 
 def test_host_closing_its_socket_mid_transfer_aborts_its_connection(fresh):
-    with fresh() as t:
+    with fresh("--control-grace-s", "1") as t:
         with Client(t.control_socket, region_size=MiB) as observer:
             baseline = pools(observer.stats())
             linux = LinuxPeer(t, "sink", 7307)

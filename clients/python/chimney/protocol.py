@@ -55,6 +55,7 @@ class MsgType(enum.IntEnum):
     TERMINATE = 10
     STATS = 11
     RELEASE_LISTEN = 12
+    ATTACH = 13
 
     HELLO_REPLY = 101
     REGISTERED = 102
@@ -67,6 +68,7 @@ class MsgType(enum.IntEnum):
     OK = 109
     EVENT = 110
     ACCEPT = 111
+    ATTACHED = 112
     ERROR = 199
 
 
@@ -305,6 +307,17 @@ class ReleaseListen:
 
 
 @dataclass
+class Attach:
+    session: int = 0
+
+
+@dataclass
+class Attached:
+    connections: int = 0
+    regions: int = 0
+
+
+@dataclass
 class HelloReply:
     server_version: int = VERSION
     max_message: int = MAX_MESSAGE
@@ -379,7 +392,7 @@ class Error:
 
 Body = Union[Hello, RegisterMemory, UnregisterMemory, Connect, Listen, Offload, Send, Receive,
              Disconnect, Terminate, Stats, ReleaseListen, HelloReply, Registered, OffloadComplete,
-             Completion, TerminateComplete, StatsReply, Ok, Event, Accept, Error]
+             Completion, TerminateComplete, StatsReply, Ok, Event, Accept, Error, Attach, Attached]
 
 BODY_TYPES = {
     Hello: MsgType.HELLO, RegisterMemory: MsgType.REGISTER_MEMORY,
@@ -390,6 +403,7 @@ BODY_TYPES = {
     Registered: MsgType.REGISTERED, OffloadComplete: MsgType.OFFLOAD_COMPLETE,
     TerminateComplete: MsgType.TERMINATE_COMPLETE, StatsReply: MsgType.STATS_REPLY, Ok: MsgType.OK,
     Event: MsgType.EVENT, Accept: MsgType.ACCEPT, Error: MsgType.ERROR,
+    Attach: MsgType.ATTACH, Attached: MsgType.ATTACHED,
 }
 
 
@@ -486,6 +500,10 @@ def _body_bytes(body) -> bytes:
         return _pack("<I", body.handle)
     if t in (Stats, Ok):
         return b""
+    if t is Attach:
+        return _pack("<Q", body.session)
+    if t is Attached:
+        return _pack("<II", body.connections, body.regions)
     if t is ReleaseListen:
         return _pack("<H", body.port)
     if t is HelloReply:
@@ -686,6 +704,10 @@ def _decode_body(mtype: MsgType, body: bytes, c: _Check):
         return Stats() if c.body_is(n, 0) else None
     if mtype == T.RELEASE_LISTEN:
         return ReleaseListen(*struct.unpack("<H", body)) if c.body_is(n, 2) else None
+    if mtype == T.ATTACH:
+        return Attach(*struct.unpack("<Q", body)) if c.body_is(n, 8) else None
+    if mtype == T.ATTACHED:
+        return Attached(*struct.unpack("<II", body)) if c.body_is(n, 8) else None
 
     if mtype == T.HELLO_REPLY:
         return HelloReply(*struct.unpack("<IIQ", body)) if c.body_is(n, 16) else None

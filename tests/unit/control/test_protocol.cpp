@@ -99,6 +99,8 @@ std::string describe(const Message& m) {
           o << "event " << b.handle << " " << +static_cast<uint8_t>(b.kind) << " " << +b.reason << " " << b.value;
         else if constexpr (std::is_same_v<T, Accept>)
           o << "accept " << b.local_port << " " << b.remote_port << " " << b.remote_ip << " " << b.handle;
+        else if constexpr (std::is_same_v<T, Attach>) o << "attach " << b.session;
+        else if constexpr (std::is_same_v<T, Attached>) o << "attached " << b.connections << " " << b.regions;
         else o << "error " << b.code << " " << b.text;
       },
       m.body);
@@ -294,6 +296,8 @@ std::vector<Message> every_type() {
       msg(MsgType::terminate, 10, Terminate{0xCAFEF00D}),
       msg(MsgType::stats, 11, Stats{}),
       msg(MsgType::release_listen, 12, ReleaseListen{65535}),
+      msg(MsgType::attach, 13, Attach{0x0102030405060708}),
+      msg(MsgType::attached, 14, Attached{7, 2}),
       msg(MsgType::hello_reply, 101, HelloReply{1, 32768, 0xABCDEF0123456789}),
       msg(MsgType::registered, 102, Registered{0x55AA55AA}),
       msg(MsgType::offload_complete, 103, OffloadComplete{Status::success, 0x00030004}),
@@ -349,7 +353,7 @@ TEST(ProtocolGolden, OffloadStateIs136Bytes) {
 
 TEST(ProtocolRoundTrip, EveryType) {
   const auto messages = every_type();
-  EXPECT_EQ(messages.size(), 24u);
+  EXPECT_EQ(messages.size(), 26u);
   for (const Message& m : messages) {
     SCOPED_TRACE(to_string(m.type));
     const Bytes b = encoded(m);
@@ -642,13 +646,13 @@ TEST(ProtocolHeader, OnlyVersion1) {
 }
 
 TEST(ProtocolHeader, UnknownTypes) {
-  for (uint16_t t : {0, 13, 100, 112, 198, 200, 0x0101, 0xFFFF}) {
+  for (uint16_t t : {0, 14, 100, 113, 198, 200, 0x0101, 0xFFFF}) {
     EXPECT_EQ(decode_error(header(16, 1, t)), "header: unknown message type " + std::to_string(t));
   }
   for (uint16_t t = 0; t < 300; ++t) {
     std::string error;
     auto d = decode(header(16, 1, t), error);
-    const bool known = (t >= 1 && t <= 12) || (t >= 101 && t <= 111) || t == 199;
+    const bool known = (t >= 1 && t <= 13) || (t >= 101 && t <= 112) || t == 199;
     if (!known) {
       EXPECT_EQ(error, "header: unknown message type " + std::to_string(t));
     } else {
