@@ -19,6 +19,51 @@ sys.path.insert(0, str(ROOT / "clients" / "python"))
 from chimney.testing import Namespace, TargetInNamespace  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
+PEER = str(Path(__file__).with_name("peer.py"))
+MiB = 1 << 20
+
+
+class LinuxPeer:
+    """peer.py (a Linux TCP peer) running inside the target's namespace;
+    `gate()` releases the gated modes."""
+
+    def __init__(self, target, mode, port, *args):
+        import subprocess
+        self.proc = target.popen([PYTHON, PEER, mode, str(port), *map(str, args)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        assert line == "listening", f"peer did not start: {line!r} {self.proc.stderr.read()}"
+
+    def gate(self):
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def result(self, timeout=60):
+        import json
+        out, err = self.proc.communicate(timeout=timeout)
+        lines = [l for l in out.splitlines() if l.startswith("{")]
+        assert lines, f"peer printed no result; stderr: {err}"
+        return json.loads(lines[-1])
+
+
+def send_stream(conn, total, chunk=MiB, window=8, stop=None):
+    """Sends `total` bytes of the test stream (peer.stream) through a
+    chimney.client Connection with `window` SENDs in flight; every one must
+    complete SUCCESS with all its bytes (C-6). Returns the bytes sent."""
+    import peer as stream_peer
+    pending, sent = [], 0
+    while sent < total or pending:
+        while sent < total and len(pending) < window and not (stop and stop.is_set()):
+            n = min(chunk, total - sent)
+            pending.append((conn.send(stream_peer.stream(n, sent)), n))
+            sent += n
+        if not pending:
+            break
+        req, n = pending.pop(0)
+        c = req.wait(60)
+        assert c.status == "NDIS_STATUS_SUCCESS" and c.bytes_transferred == n, c
+    return sent
 
 
 def chimneyd_binary() -> Path:

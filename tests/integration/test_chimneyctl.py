@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, ROOT
+from conftest import PYTHON, ROOT, LinuxPeer
 
-PEER = str(Path(__file__).with_name("peer.py"))
 MiB = 1 << 20
 
 
@@ -53,22 +52,6 @@ def lines(cp, prefix):
 def fields(line):
     """'sent bytes=1 acked=1 fnv1a64=ab' -> {'bytes': '1', ...}"""
     return dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
-
-
-class LinuxPeer:
-    """peer.py running inside the namespace (as in test_offload_linux.py)."""
-
-    def __init__(self, target, mode, port, *args):
-        self.proc = target.popen([PYTHON, PEER, mode, str(port), *map(str, args)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().strip()
-        assert line == "listening", f"peer did not start: {line!r} {self.proc.stderr.read()}"
-
-    def result(self, timeout=60):
-        out, err = self.proc.communicate(timeout=timeout)
-        found = [l for l in out.splitlines() if l.startswith("{")]
-        assert found, f"peer printed no result; stderr: {err}"
-        return json.loads(found[-1])
 
 
 def test_stats_prints_json(ctl, target):

@@ -25,13 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, ROOT, start_target
+from conftest import PYTHON, ROOT, LinuxPeer, send_stream, start_target
 from chimney import protocol as p
 from chimney.client import ChimneyError, Target as Client
 
 import peer as stream_peer
 
-PEER = str(Path(__file__).with_name("peer.py"))
 MiB = 1 << 20
 E = p.ProtocolError
 T = p.MsgType
@@ -221,46 +220,8 @@ def body_of(body):
     return p.encode(p.Message(None, 0, body))[16:]
 
 
-class LinuxPeer:
-    """peer.py inside the namespace; `gate()` releases a gated-source."""
-
-    def __init__(self, target, mode, port, *args):
-        self.proc = target.popen([PYTHON, PEER, mode, str(port), *map(str, args)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().strip()
-        assert line == "listening", f"peer did not start: {line!r} {self.proc.stderr.read()}"
-
-    def gate(self):
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-
-    def result(self, timeout=30):
-        out, err = self.proc.communicate(timeout=timeout)
-        lines = [l for l in out.splitlines() if l.startswith("{")]
-        assert lines, f"peer printed no result; stderr: {err}"
-        return json.loads(lines[-1])
-
-
 def sha(n, offset=0):
     return hashlib.sha256(stream_peer.stream(n, offset)).hexdigest()
-
-
-def send_stream(conn, total, chunk=MiB, window=8, stop=None):
-    """Sends `total` bytes of the test stream with `window` SENDs in flight; every
-    one must complete SUCCESS with all its bytes (C-6)."""
-    pending, sent = [], 0
-    while sent < total or pending:
-        while sent < total and len(pending) < window and not (stop and stop.is_set()):
-            n = min(chunk, total - sent)
-            pending.append((conn.send(stream_peer.stream(n, sent)), n))
-            sent += n
-        if not pending:
-            break
-        req, n = pending.pop(0)
-        c = req.wait(30)
-        assert c.status == "NDIS_STATUS_SUCCESS" and c.bytes_transferred == n, c
-    return sent
 
 
 def wait_until(what, fn, timeout=10.0, interval=0.05):

@@ -12,45 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON
+from conftest import PYTHON, LinuxPeer, send_stream
 
 import peer as stream_peer
 
-PEER = str(Path(__file__).with_name("peer.py"))
 MiB = 1 << 20
-
-
-class LinuxPeer:
-    """peer.py running inside the namespace."""
-
-    def __init__(self, target, mode, port, *args):
-        self.proc = target.popen([PYTHON, PEER, mode, str(port), *map(str, args)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().strip()
-        assert line == "listening", f"peer did not start: {line!r} {self.proc.stderr.read()}"
-
-    def result(self, timeout=60):
-        out, err = self.proc.communicate(timeout=timeout)
-        lines = [l for l in out.splitlines() if l.startswith("{")]
-        assert lines, f"peer printed no result; stderr: {err}"
-        return json.loads(lines[-1])
-
-
-def send_stream(conn, total, chunk=MiB, window=8):
-    """Sends `total` bytes of the test stream with `window` requests in flight;
-    returns the completions in order."""
-    pending, done, sent = [], [], 0
-    while sent < total or pending:
-        while sent < total and len(pending) < window:
-            n = min(chunk, total - sent)
-            pending.append((conn.send(stream_peer.stream(n, sent)), n))
-            sent += n
-        req, n = pending.pop(0)
-        c = req.wait(60)
-        assert c.status == "NDIS_STATUS_SUCCESS", c.status
-        assert c.bytes_transferred == n  # C-6
-        done.append(c)
-    return done
 
 
 def test_connect_send_100MiB_then_graceful_disconnect_with_final_data(target):
