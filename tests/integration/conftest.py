@@ -101,6 +101,14 @@ def fresh_target(chimneyd, tmp_path):
 
 
 @pytest.fixture
+def fresh(chimneyd, tmp_path):
+    """A chimneyd of this test's own (its counters start at zero)."""
+    def make(*extra_args):
+        return start_target(chimneyd, tmp_path, extra_args=list(extra_args))
+    return make
+
+
+@pytest.fixture
 def scratch_netns():
     """An empty namespace: chimneyd runs that should fail at once still run in one."""
     with Namespace() as ns:

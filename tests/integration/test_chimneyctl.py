@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, ROOT, LinuxPeer
+from conftest import ROOT, LinuxPeer
 
 MiB = 1 << 20
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, ROOT, LinuxPeer, send_stream, start_target
+from conftest import PYTHON, ROOT, LinuxPeer, send_stream
 from chimney import protocol as p
 from chimney.client import ChimneyError, Target as Client
 
@@ -254,14 +254,6 @@ def settled(observer, baseline):
         s = observer.stats()
         raise AssertionError(f"after 10 s: connections {s['connections']}, pools {pools(s)}, "
                              f"baseline {baseline}") from None
-
-
-@pytest.fixture
-def fresh(chimneyd, tmp_path):
-    """A chimneyd of this test's own (its counters start at zero)."""
-    def make(*extra_args):
-        return start_target(chimneyd, tmp_path, extra_args=list(extra_args))
-    return make
 
 
 # ---------------------------------------------------------------------------

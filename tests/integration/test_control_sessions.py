@@ -6,11 +6,9 @@ completions queued meanwhile; nobody attaching means abort (RST) and release.
 import hashlib
 import time
 
-import pytest
-
 from chimney import protocol as p
 from chimney.protocol import MsgType as T
-from test_control_bad_input import E, LinuxPeer, Raw, expect_error, fresh, wait_until  # noqa: F401
+from test_control_bad_input import E, LinuxPeer, Raw, expect_error, wait_until
 
 import peer as stream_peer
 

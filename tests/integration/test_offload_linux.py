@@ -10,8 +10,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from conftest import PYTHON, LinuxPeer, send_stream
 
 import peer as stream_peer
@@ -94,6 +92,14 @@ def test_terminate_during_a_pending_graceful_disconnect(target):
     assert d.wait(10).status == "NDIS_STATUS_UPLOAD_IN_PROGRESS"
     assert state["state"] in ("FIN_WAIT_1", "ESTABLISHED")
     assert state["snd_una"] != state["snd_max"] or state["send_data"]
+    # C-21: every send is answered: ACKed ones SUCCESS, the rest handed back
+    # in order with the state (UPLOAD_IN_PROGRESS, returned).
+    statuses = [r.wait(10) for r in sends]
+    returned = [c for c in statuses if c.status == "NDIS_STATUS_UPLOAD_IN_PROGRESS"]
+    assert returned and all(c.returned for c in returned), statuses
+    assert all(c.status in ("NDIS_STATUS_SUCCESS", "NDIS_STATUS_UPLOAD_IN_PROGRESS") for c in statuses)
+    first = statuses.index(returned[0])
+    assert all(c.status == "NDIS_STATUS_UPLOAD_IN_PROGRESS" for c in statuses[first:]), "in order"
     linux.proc.kill()
 
 
