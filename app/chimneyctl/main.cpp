@@ -206,6 +206,22 @@ cc::Completion wait_or_fail(cc::Client& client, cc::Request r, cc::RequestKind k
   return *c;
 }
 
+// Waits for a disconnect's completion and prints it; true on SUCCESS. A
+// refusal is printed; a timeout or a lost session is thrown.
+bool await_disconnect(cc::Client& client, cc::Request d, const Common& common) {
+  try {
+    const cc::Completion c = wait_or_fail(client, d, cc::RequestKind::disconnect, common);
+    print_completion(c);
+    return c.status == Status::success;
+  } catch (const cc::TimeoutError&) {
+    throw;
+  } catch (const cc::Error& e) {
+    if (client.closed()) throw;
+    print_refused(cc::RequestKind::disconnect, e);
+    return false;
+  }
+}
+
 // Ends our part: after a graceful close, waits up to `linger` for the peer's
 // FIN (event DISCONNECT) unless it came already, then TERMINATEs the
 // connection so the session closes with nothing left for chimneyd to abort.
@@ -335,17 +351,7 @@ int cmd_send(const Common& common, const Endpoint& ep, std::optional<std::string
     // and the FIN are ACKed, C-11; abortive resets at once, C-13).
     const cc::Request d = client.disconnect(*handle, graceful);
     while (!posted.empty()) complete_front();
-    bool closed_ok = false;
-    try {
-      const cc::Completion c = wait_or_fail(client, d, cc::RequestKind::disconnect, common);
-      print_completion(c);
-      closed_ok = c.status == Status::success;
-    } catch (const cc::TimeoutError&) {
-      throw;
-    } catch (const cc::Error& e) {
-      if (client.closed()) throw;
-      print_refused(cc::RequestKind::disconnect, e);
-    }
+    const bool closed_ok = await_disconnect(client, d, common);
     if (!closed_ok) ok = false;
     release_connection(client, *handle, common, graceful && closed_ok, false);
   } catch (const cc::Error& e) {
@@ -450,17 +456,7 @@ int cmd_recv(const Common& common, const Endpoint& ep, std::optional<uint64_t> l
     }
     bool closed_ok = false;
     if (!peer_reset) {
-      const cc::Request d = client.disconnect(*handle, true);
-      try {
-        const cc::Completion c = wait_or_fail(client, d, cc::RequestKind::disconnect, common);
-        print_completion(c);
-        closed_ok = c.status == Status::success;
-      } catch (const cc::TimeoutError&) {
-        throw;
-      } catch (const cc::Error& e) {
-        if (client.closed()) throw;
-        print_refused(cc::RequestKind::disconnect, e);
-      }
+      closed_ok = await_disconnect(client, client.disconnect(*handle, true), common);
       if (!closed_ok) ok = false;
     }
     release_connection(client, *handle, common, closed_ok, peer_closed);
