@@ -46,6 +46,7 @@ struct Server::Conn {
   uint16_t state_remote_port = 0;
   uint32_t state_remote_ip = 0;
   std::unique_ptr<OffloadState> state;  // while the offload is on its way
+  OffloadState base;         // its const, cached and path parts, returned on terminate
 };
 
 struct Server::HostRequest {
@@ -763,6 +764,9 @@ void Server::on_note(OffloadNote& n) {
       c.state_local_port = c.state->constant.local_port;
       c.state_remote_port = c.state->constant.remote_port;
       c.state_remote_ip = c.state->constant.remote_ip;
+      c.base.constant = c.state->constant;
+      c.base.cached = c.state->cached;
+      c.base.path = c.state->path;
       c.state.reset();
       if (n.status == Status::success) {
         c.engine = n.handle;
@@ -790,6 +794,11 @@ void Server::on_note(OffloadNote& n) {
       TerminateComplete tc;
       tc.handle = c.handle;
       tc.status = n.status;
+      // C-21: the whole state: the const, cached and path parts as offloaded
+      // (cached state changes only through the host), the delegated as now.
+      tc.state.constant = c.base.constant;
+      tc.state.cached = c.base.cached;
+      tc.state.path = c.base.path;
       if (d) {
         tc.state.delegated = *d;
         tc.state.delegated.send_data = nullptr;

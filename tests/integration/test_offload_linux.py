@@ -166,3 +166,29 @@ def test_listener_beyond_its_backlog_answers_with_syn_cookies(target):
     for conn in conns:
         conn.terminate()
     t.release_listen(7101)
+
+
+def test_terminate_then_offload_the_state_again(target):
+    # A host takes a connection back (terminate, C-21) and hands it over again
+    # (offload, C-1..C-3) as a dict: the Linux peer sees one unbroken stream.
+    t = target.target
+    linux = LinuxPeer(target, "sink", 7005)
+    conn = t.connect(target.peer_ip, 7005)
+    first = 3 * MiB
+    send_stream(conn, first)
+    state = conn.terminate()
+    assert state["state"] == "ESTABLISHED"
+    assert state["snd_una"] == state["snd_max"], "everything was ACKed before the terminate"
+    assert state["constant"]["remote_port"] == 7005 and state["path"]["path_mtu"] == 1500
+    again = t.offload(state)
+    second = 2 * MiB
+    tail = stream_peer.stream(second, first)
+    for off in range(0, second, MiB):
+        c = again.send(tail[off:off + MiB]).wait(30)
+        assert c.status == "NDIS_STATUS_SUCCESS" and c.bytes_transferred == MiB, c
+    d = again.disconnect(graceful=True).wait(30)
+    assert d.status == "NDIS_STATUS_SUCCESS"
+    got = linux.result()
+    assert got["bytes"] == first + second and got["end"] == "eof"
+    assert got["sha256"] == hashlib.sha256(stream_peer.stream(first + second)).hexdigest()
+    again.terminate()

@@ -317,6 +317,23 @@ def offload_state_from_dict(d: Dict[str, Any]) -> Tuple[p.OffloadState, bytes, b
     return s, receive_data, send_data
 
 
+def section_to_dict(section) -> Dict[str, Any]:
+    """ConstState, CachedState or PathState as offload() takes them back."""
+    out: Dict[str, Any] = {}
+    for f in fields(section):
+        v = getattr(section, f.name)
+        if f.name in ("local_ip", "remote_ip"):
+            v = _ip_to_str(v)
+        elif f.name in ("local_mac", "next_hop_mac"):
+            v = _mac_to_str(v)
+        elif isinstance(v, bool):
+            v = bool(v)
+        else:
+            v = int(v)
+        out[f.name] = v
+    return out
+
+
 def delegated_to_dict(d: p.DelegatedState) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for f in fields(p.DelegatedState):
@@ -549,6 +566,10 @@ class Target:
                     self._fail(req, ChimneyError(None, f"{req.kind} (tag {tag}) not completed before "
                                                        "TERMINATE_COMPLETE"))
             result.update(delegated_to_dict(t.state.delegated))
+            # The rest of the state, so that the dict can be offloaded again as it is.
+            result["constant"] = section_to_dict(t.state.constant)
+            result["cached"] = section_to_dict(t.state.cached)
+            result["path"] = section_to_dict(t.state.path)
             result["send_data"] = [(s.tag, s.bytes_transferred) for s in t.sends]
             result["unacked_send_data"] = bytes(unacked)
             result["receive_data"] = bytes(t.receive_data)
