@@ -35,14 +35,12 @@ def test_connect_send_100MiB_then_graceful_disconnect_with_final_data(target):
     conn.terminate()
 
 
-def test_receive_100MiB_from_linux_then_its_fin(target):
-    t = target.target
-    total = 100 * MiB
-    linux = LinuxPeer(target, "source", 7002, total)
-    conn = t.connect(target.peer_ip, 7002)
+def receive_stream(conn, total, window):
+    """Receives `total` bytes of the test stream with `window` 1 MiB receives
+    posted (C-9), checks them by hash, returns the receives still posted."""
     h = hashlib.sha256()
     received = 0
-    posted = [conn.post_receive(MiB) for _ in range(8)]
+    posted = [conn.post_receive(MiB) for _ in range(window)]
     while received < total:
         c = posted.pop(0).wait(60)
         assert c.status == "NDIS_STATUS_SUCCESS", c.status
@@ -51,6 +49,15 @@ def test_receive_100MiB_from_linux_then_its_fin(target):
         posted.append(conn.post_receive(MiB))
     assert received == total
     assert h.hexdigest() == hashlib.sha256(stream_peer.stream(total)).hexdigest()
+    return posted
+
+
+def test_receive_100MiB_from_linux_then_its_fin(target):
+    t = target.target
+    total = 100 * MiB
+    linux = LinuxPeer(target, "source", 7002, total)
+    conn = t.connect(target.peer_ip, 7002)
+    posted = receive_stream(conn, total, window=8)
     # C-16: the peer's FIN comes as DISCONNECT once everything was consumed.
     ev = t.next_event(30)
     while ev.kind in ("SEND_BACKLOG_CHANGE", "RECEIVE_READY"):
@@ -106,16 +113,7 @@ def test_terminate_during_a_pending_graceful_disconnect(target):
 def serve_one(t, conn, expect_in, reply_bytes):
     """Host side of a passive connection: receive everything until the peer's
     FIN (DISCONNECT), then send `reply_bytes` of the stream and close."""
-    h = hashlib.sha256()
-    received = 0
-    posted = [conn.post_receive(MiB) for _ in range(4)]
-    while received < expect_in:
-        c = posted.pop(0).wait(60)
-        assert c.status == "NDIS_STATUS_SUCCESS", c.status
-        h.update(c.data)
-        received += len(c.data)
-        posted.append(conn.post_receive(MiB))
-    assert h.hexdigest() == hashlib.sha256(stream_peer.stream(expect_in)).hexdigest()
+    posted = receive_stream(conn, expect_in, window=4)
     for r in posted:
         assert r.wait(30).status == "NDIS_STATUS_INVALID_STATE"  # after the peer's FIN (C-16)
     send_stream(conn, reply_bytes)
