@@ -17,6 +17,11 @@ What it does, in order:
      log's tail if chimneyd exits first or the timeout passes);
   4. gives the Linux side of the TAP the peer address and brings it up.
 
+With ``device="virtio_user"`` chimneyd runs on a virtio-user port instead: a
+vhost-user backend (VhostUserForwarder: dpdk-testpmd in io mode bridging a
+net_vhost port to a net_tap port) starts in the namespace first, and the TAP
+the Linux side uses is testpmd's, so the Linux kernel is still the peer.
+
 On leaving the ``with`` block, whatever happened inside it, chimneyd is
 stopped by PID (SIGTERM, then SIGKILL after ``stop_timeout``), every process
 started with ``popen()`` is ended by PID, the namespace is deleted and the
@@ -46,6 +51,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 __all__ = [
     "Namespace",
     "TargetInNamespace",
+    "VhostUserForwarder",
+    "DEVICES",
     "Target",
     "TargetStartError",
     "CommandError",
@@ -56,6 +63,7 @@ __all__ = [
 ]
 
 TEST_NETWORK = ipaddress.ip_network("198.18.0.0/15")
+DEVICES = ("tap", "virtio_user")  # what TargetInNamespace(device=...) can set up
 READY_LINE = "chimneyd ready"
 IP = shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin:/bin") or "ip"
 _counter = itertools.count(1)
@@ -245,6 +253,145 @@ class Namespace:
 
 
 # --------------------------------------------------------------------------
+# a vhost-user backend for virtio-user ports
+
+TESTPMD = shutil.which("dpdk-testpmd", path="/usr/bin:/usr/local/bin:/usr/sbin:/sbin") or "dpdk-testpmd"
+STDBUF = shutil.which("stdbuf", path="/usr/bin:/bin")
+TESTPMD_READY_LINE = "Press enter to exit"
+
+
+class VhostUserForwarder:
+    """dpdk-testpmd in a namespace as the vhost-user backend of a virtio-user port.
+
+    testpmd forwards in io mode between ``--vdev net_vhost0,iface=<socket>``
+    (the vhost-user server; chimneyd's virtio-user port is its client) and
+    ``--vdev net_tap0,iface=<tap>`` (a TAP in the namespace, where the Linux
+    kernel is the peer). It runs with no PCI bus, its own ``--file-prefix``
+    and ``--no-huge``: without hugepages the EAL (22.11) backs its memory with
+    a memfd mapped shared, which is what vhost-user needs — the frontend
+    (chimneyd, also ``--no-huge``) sends that fd and the backend maps it.
+
+    Started and stopped by PID (SIGTERM, then SIGKILL); stopping also removes
+    its DPDK runtime directory and the socket. Its forwarding lcore busy-polls:
+    ``lcores`` (EAL ``--lcores``) chooses where it may run, ``nice`` lowers its
+    priority so that it yields to chimneyd and the peers when they have work.
+
+        with VhostUserForwarder("ns", "vu0", "/tmp/d/vhost.sock", "vh1", log_path="/tmp/d/t.log"):
+            ...  # chimneyd --port kind=virtio_user,path=/tmp/d/vhost.sock,address=...
+    """
+
+    def __init__(self, netns: str, tap_iface: str, socket_path: str, file_prefix: str, *,
+                 log_path: str, lcores: str = "0@(0,1),1@(0,1)", nice: int = 0,
+                 memory_mb: int = 256, mbufs: int = 8192, queues: int = 1,
+                 ready_timeout: float = 20.0, stop_timeout: float = 10.0,
+                 testpmd: str = TESTPMD, extra_args: Iterable[str] = ()):
+        if len(tap_iface) > 15:
+            raise ValueError(f"interface name {tap_iface!r} is longer than 15 characters")
+        self.netns = netns
+        self.tap_iface = tap_iface
+        self.socket_path = socket_path
+        self.file_prefix = file_prefix
+        self.log_path = log_path
+        self.nice = nice
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        eal = [testpmd, "--no-huge", "-m", str(memory_mb), "--no-pci", "--file-prefix", file_prefix,
+               "--lcores", lcores,
+               "--vdev", f"net_vhost0,iface={socket_path},queues={queues}",
+               "--vdev", f"net_tap0,iface={tap_iface}"]
+        app = ["--forward-mode=io", "--nb-cores=1", f"--total-num-mbufs={mbufs}",
+               f"--rxq={queues}", f"--txq={queues}", *[str(a) for a in extra_args]]
+        # stdout line-buffered, so that the ready line reaches the log at once
+        self.argv = ([STDBUF, "-oL"] if STDBUF else []) + eal + ["--"] + app
+        self.process: Optional[subprocess.Popen] = None
+        self._log_file = None
+
+    def __enter__(self) -> "VhostUserForwarder":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.stop()
+        return False
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, "r", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def _preexec(self) -> None:
+        _parent_death_signal()
+        if self.nice:
+            os.nice(self.nice)
+
+    def start(self) -> None:
+        if os.path.exists(self.socket_path):
+            raise RuntimeError(f"{self.socket_path} exists already; not touching it")
+        self._log_file = open(self.log_path, "wb")
+        self._log_file.write(("$ ip netns exec " + self.netns + " " + " ".join(self.argv)
+                              + "\n").encode())
+        self._log_file.flush()
+        # stdin is a pipe kept open: non-interactive testpmd forwards until it
+        # reads a line (or EOF) there, or a signal arrives.
+        self.process = subprocess.Popen([IP, "netns", "exec", self.netns, *self.argv],
+                                        stdin=subprocess.PIPE, stdout=self._log_file,
+                                        stderr=subprocess.STDOUT, preexec_fn=self._preexec)
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            ready = (TESTPMD_READY_LINE in self.log() if STDBUF else True)
+            if (ready and os.path.exists(self.socket_path)
+                    and _ip("-n", self.netns, "link", "show", "dev", self.tap_iface,
+                            check=False).returncode == 0):
+                return
+            rc = self.process.poll()
+            if rc is not None:
+                raise TargetStartError(f"dpdk-testpmd (vhost-user backend) exited with code {rc} "
+                                       f"(log {self.log_path}); last lines:\n{self.log_tail()}")
+            if time.monotonic() >= deadline:
+                raise TargetStartError(f"dpdk-testpmd not forwarding after {self.ready_timeout}s "
+                                       f"(log {self.log_path}); last lines:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.process.pid if self.process is not None else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> Optional[int]:
+        """Ends testpmd by PID and removes what it left; returns its exit code."""
+        rc = None
+        if self.process is not None:
+            TargetInNamespace._end(self.process, self.stop_timeout)
+            rc = self.process.returncode
+            if self.process.stdin is not None:
+                try:
+                    self.process.stdin.close()
+                except OSError:
+                    pass
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self.process is not None and self.process.poll() is not None:
+            shutil.rmtree(dpdk_runtime_dir(self.file_prefix), ignore_errors=True)
+            try:
+                os.unlink(self.socket_path)
+            except FileNotFoundError:
+                pass
+        return rc
+
+
+# --------------------------------------------------------------------------
 # the running target
 
 
@@ -254,7 +401,9 @@ class Target:
     def __init__(self, owner: "TargetInNamespace"):
         self._owner = owner
         self.netns: str = owner.netns
-        self.iface: str = owner.iface
+        self.iface: str = owner.iface  # the Linux side (with virtio_user: testpmd's TAP)
+        self.device: str = owner.device
+        self.forwarder: Optional[VhostUserForwarder] = owner.forwarder
         self.target_ip: str = owner.target_ip
         self.peer_ip: str = owner.peer_ip
         self.prefix_len: int = owner.prefix_len
@@ -413,6 +562,10 @@ class TargetInNamespace:
 
     Keyword arguments it understands itself:
       netns, iface           names (default: unique per process and instance)
+      device                 "tap" (default: chimneyd's own net_tap port, named iface) or
+                             "virtio_user" (chimneyd on virtio-user; a VhostUserForwarder
+                             started first in the namespace bridges it to a TAP named iface)
+      forwarder_options      keywords for VhostUserForwarder (lcores, nice, ...)
       target_ip, peer_ip     default 198.18.0.2 and 198.18.0.1 (198.18.0.0/15 only)
       prefix_len             default 24
       mac, mtu               added to the --port spec when given
@@ -435,7 +588,9 @@ class TargetInNamespace:
     """
 
     def __init__(self, chimneyd_path: str, *, netns: Optional[str] = None,
-                 iface: Optional[str] = None, target_ip: str = "198.18.0.2",
+                 iface: Optional[str] = None, device: str = "tap",
+                 forwarder_options: Optional[Mapping[str, Any]] = None,
+                 target_ip: str = "198.18.0.2",
                  peer_ip: str = "198.18.0.1", prefix_len: int = 24, mac: Optional[str] = None,
                  mtu: Optional[int] = None, port_spec: Optional[str] = None,
                  file_prefix: Optional[str] = None, eal_args: Iterable[str] = (),
@@ -464,8 +619,22 @@ class TargetInNamespace:
         if ipaddress.ip_address(self.peer_ip) not in net:
             raise ValueError(f"peer {self.peer_ip} is not on the target's prefix {net}")
         self.file_prefix = file_prefix or f"ctest-{pid}-{n}"
+        if device not in DEVICES:
+            raise ValueError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+        self.device = device
+        self.forwarder_options = dict(forwarder_options or {})
+        self.forwarder: Optional[VhostUserForwarder] = None
+        self._vhost_dir = None
+        self.vhost_socket: Optional[str] = None
+        if device == "virtio_user":
+            self._vhost_dir = tempfile.mkdtemp(prefix="chimney-vhost-")
+            self.vhost_socket = os.path.join(self._vhost_dir, "vhost.sock")
         if port_spec is None:
-            port_spec = f"kind=tap,iface={self.iface},address={self.target_ip}/{self.prefix_len}"
+            if device == "virtio_user":
+                port_spec = (f"kind=virtio_user,path={self.vhost_socket},"
+                             f"address={self.target_ip}/{self.prefix_len}")
+            else:
+                port_spec = f"kind=tap,iface={self.iface},address={self.target_ip}/{self.prefix_len}"
             if mtu is not None:
                 port_spec += f",mtu={mtu}"
             if mac is not None:
@@ -526,6 +695,13 @@ class TargetInNamespace:
     def _start(self) -> None:
         self._namespace = Namespace(self.netns, self.disable_ipv6)
         self._namespace.__enter__()
+        if self.device == "virtio_user":
+            self.forwarder = VhostUserForwarder(
+                self.netns, self.iface, self.vhost_socket, self.file_prefix + "-vhost",
+                log_path=os.path.join(os.path.dirname(self.log_path),
+                                      f"testpmd-{self.netns}.log"),
+                **self.forwarder_options)
+            self.forwarder.start()
 
         self._log_file = open(self.log_path, "wb")
         self._log_file.write(("$ ip netns exec " + self.netns + " " + " ".join(self.argv)
@@ -592,12 +768,19 @@ class TargetInNamespace:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        if self.forwarder is not None:
+            try:
+                self.forwarder.stop()
+            except Exception as e:
+                problems.append(f"dpdk-testpmd {self.forwarder.pid}: {e}")
         if self._namespace is not None:
             try:
                 self._namespace.delete()
             except Exception as e:
                 problems.append(str(e))
         shutil.rmtree(self._ctl_dir, ignore_errors=True)
+        if self._vhost_dir is not None and (self.forwarder is None or not self.forwarder.alive()):
+            shutil.rmtree(self._vhost_dir, ignore_errors=True)
         runtime = dpdk_runtime_dir(self.file_prefix)
         if os.path.isdir(runtime) and (self.process is None or self.process.poll() is not None):
             shutil.rmtree(runtime, ignore_errors=True)
