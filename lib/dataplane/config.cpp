@@ -8,6 +8,7 @@
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <tuple>
 
 namespace po = boost::program_options;
 
@@ -240,6 +241,17 @@ ParseOutcome parse_config(const std::vector<std::string>& args) {
     ("msl-ms", po::value<unsigned>(&cfg.msl_ms)->default_value(cfg.msl_ms),
      "maximum segment lifetime; TIME_WAIT lasts twice this (100-600000)");
 
+  std::string impair_rx, impair_tx;
+  po::options_description faults("Fault injection (testing; every port)");
+  faults.add_options()
+    ("impair-rx", po::value<std::string>(&impair_rx),
+     "faults on received frames before the stack sees them: "
+     "loss=P,corrupt=P,duplicate=P,reorder=P,delay-us=N (P a fraction or a percentage)")
+    ("impair-tx", po::value<std::string>(&impair_tx), "the same for transmitted frames")
+    ("impair-seed", po::value<uint64_t>(&cfg.impair_seed)->default_value(cfg.impair_seed),
+     "seed of the fault generators; the log names the seed of every run, so a failure can be "
+     "replayed (0: choose one)");
+
   po::options_description all("chimneyd [EAL options --] [options]");
   std::string allowed_uids;
   po::options_description control("Control socket");
@@ -257,7 +269,7 @@ ParseOutcome parse_config(const std::vector<std::string>& args) {
     ("control-grace-s", po::value<unsigned>(&cfg.control_grace_s)->default_value(cfg.control_grace_s),
      "seconds a lost session's connections wait for a session of the same uid to ATTACH, then are "
      "aborted (0-3600; 0: at once)");
-  all.add(general).add(ports).add(slow).add(engine).add(control);
+  all.add(general).add(ports).add(slow).add(engine).add(control).add(faults);
 
   po::variables_map vm;
   try {
@@ -331,6 +343,13 @@ ParseOutcome parse_config(const std::vector<std::string>& args) {
           throw BadValue{"control-allowed-uids", "'" + u + "' is not a uid"};
         cfg.control_allowed_uids.push_back(uid);
       }
+    }
+    for (auto [option, text, spec] : {std::tuple{"impair-rx", &impair_rx, &cfg.impair_rx},
+                                      std::tuple{"impair-tx", &impair_tx, &cfg.impair_tx}}) {
+      std::string error;
+      auto parsed = net::ImpairSpec::parse(*text, error);
+      if (!parsed) throw BadValue{option, error};
+      *spec = *parsed;
     }
     if ((cfg.slowpath_ring & (cfg.slowpath_ring - 1)) != 0)
       throw BadValue{"slowpath-ring", "must be a power of two"};

@@ -11,6 +11,7 @@
 #include <rte_ether.h>
 
 #include "net/addr.hpp"
+#include "net/impair.hpp"
 
 namespace chimney::dataplane {
 
@@ -61,6 +62,10 @@ struct Config {
   unsigned control_max_requests = 4096;        // outstanding per connection
   unsigned control_max_memory_mb = 4096;       // registered per session
   unsigned control_grace_s = 10;               // a lost session's connections wait this long for ATTACH
+  // Faults made on purpose on every port (net/impair.hpp), per direction.
+  net::ImpairSpec impair_rx;
+  net::ImpairSpec impair_tx;
+  uint64_t impair_seed = 0;  // 0: one is chosen at start and logged
 };
 
 // The outcome of reading the options: run with a config, or exit at once

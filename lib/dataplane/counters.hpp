@@ -1,27 +1,20 @@
 // Counters of one lcore on one port: written only by that lcore, read by the
-// telemetry thread and the SIGUSR1 dump (relaxed atomics: no lock prefix on
-// the write side, no torn reads on the read side). Per-port figures are sums
-// over lcores, per-lcore figures sums over ports.
+// telemetry thread and the SIGUSR1 dump (net::Counter). Per-port figures are
+// sums over lcores, per-lcore figures sums over ports.
 #pragma once
 
 #include <array>
-#include <atomic>
 #include <cstdint>
 
 #include <rte_common.h>
 
+#include "net/counter.hpp"
 #include "net/drop_reason.hpp"
+#include "net/impair.hpp"
 
 namespace chimney::dataplane {
 
-class Counter {
- public:
-  void add(uint64_t n = 1) { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
-  uint64_t get() const { return v_.load(std::memory_order_relaxed); }
-
- private:
-  std::atomic<uint64_t> v_{0};
-};
+using net::Counter;
 
 struct alignas(RTE_CACHE_LINE_SIZE) Counters {
   Counter rx_packets;
@@ -35,6 +28,9 @@ struct alignas(RTE_CACHE_LINE_SIZE) Counters {
   Counter icmp_echo_replies;
   Counter rst_sent;
   std::array<Counter, net::kDropReasonCount> drops;
+  // The impairment stage (--impair-rx / --impair-tx), when there is one.
+  net::ImpairStats impair_rx;
+  net::ImpairStats impair_tx;
 
   void drop(net::DropReason r) { drops[static_cast<size_t>(r)].add(); }
 };
@@ -55,6 +51,19 @@ struct CounterTotals {
   uint64_t icmp_echo_replies = 0;
   uint64_t rst_sent = 0;
   std::array<uint64_t, net::kDropReasonCount> drops{};
+  struct Impair {
+    uint64_t frames = 0, lost = 0, corrupted = 0, duplicated = 0, reordered = 0, overflow = 0;
+    void add(const net::ImpairStats& s) {
+      frames += s.frames.get();
+      lost += s.lost.get();
+      corrupted += s.corrupted.get();
+      duplicated += s.duplicated.get();
+      reordered += s.reordered.get();
+      overflow += s.overflow.get();
+    }
+  };
+  Impair impair_rx;
+  Impair impair_tx;
 
   void add(const Counters& c) {
     rx_packets += c.rx_packets.get();
@@ -67,6 +76,8 @@ struct CounterTotals {
     icmp_echo_replies += c.icmp_echo_replies.get();
     rst_sent += c.rst_sent.get();
     for (size_t i = 0; i < drops.size(); ++i) drops[i] += c.drops[i].get();
+    impair_rx.add(c.impair_rx);
+    impair_tx.add(c.impair_tx);
   }
   uint64_t dropped() const {
     uint64_t n = 0;

@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 
+#include <rte_cycles.h>
 #include <rte_ethdev.h>
 
 #include "net/addr.hpp"
@@ -127,6 +128,10 @@ void close_port(Port& port) {
 }
 
 void TxQueue::flush() {
+  if (impair_ != nullptr) {
+    const uint64_t now_us = rte_get_tsc_cycles() / (rte_get_tsc_hz() / 1'000'000);
+    n_ = impair_->pass(pkts_.data(), n_, now_us, pkts_.data(), kCapacity);
+  }
   if (n_ == 0) return;
   uint64_t bytes = 0;
   for (uint16_t i = 0; i < n_; ++i) bytes += rte_pktmbuf_pkt_len(pkts_[i]);

@@ -13,6 +13,7 @@
 #include "dataplane/config.hpp"
 #include "dataplane/counters.hpp"
 #include "net/build.hpp"
+#include "net/impair.hpp"
 
 namespace chimney::dataplane {
 
@@ -46,11 +47,14 @@ class TxQueue {
     queue_id_ = queue_id;
     counters_ = counters;
   }
+  // Frames pass this stage on their way out (faults on purpose; none by default).
+  void impair(net::Impairment* stage) { impair_ = stage; }
   void push(rte_mbuf* m) {
     pkts_[n_++] = m;
     if (n_ == kCapacity) flush();
   }
-  // Sends what is staged; what the queue refuses is freed and counted (tx_full).
+  // Sends what is staged (and what the impairment stage lets out now); what
+  // the queue refuses is freed and counted (tx_full).
   void flush();
 
  private:
@@ -59,6 +63,7 @@ class TxQueue {
   uint16_t port_id_ = 0;
   uint16_t queue_id_ = 0;
   Counters* counters_ = nullptr;
+  net::Impairment* impair_ = nullptr;
 };
 
 }  // namespace chimney::dataplane

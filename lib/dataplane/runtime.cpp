@@ -170,6 +170,11 @@ int run_target(const Config& cfg, const EalPlan& plan, const ServiceFactory& mak
 
   auto dp = std::make_unique<Dataplane>();
   dp->cfg = cfg;
+  if (cfg.impair_rx.active() || cfg.impair_tx.active()) {
+    if (dp->cfg.impair_seed == 0) dp->cfg.impair_seed = rte_rdtsc() | 1;
+    spdlog::warn("impairment on every port: rx {}, tx {}; seed {} (replay with --impair-seed {})",
+                 cfg.impair_rx.str(), cfg.impair_tx.str(), dp->cfg.impair_seed, dp->cfg.impair_seed);
+  }
   int rc = 0;
   try {
     build_dataplane(*dp, plan);

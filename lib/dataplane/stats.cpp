@@ -48,6 +48,18 @@ void add_totals(rte_tel_data* d, const CounterTotals& t) {
   for (size_t r = 0; r < net::kDropReasonCount; ++r)
     rte_tel_data_add_dict_u64(drops, net::to_string(static_cast<net::DropReason>(r)), t.drops[r]);
   rte_tel_data_add_dict_container(d, "drops", drops, 0);
+  for (auto [name, imp] : {std::pair{"impair_rx", &t.impair_rx}, std::pair{"impair_tx", &t.impair_tx}}) {
+    if (imp->frames == 0) continue;  // no stage, or nothing through it yet
+    rte_tel_data* i = rte_tel_data_alloc();
+    rte_tel_data_start_dict(i);
+    rte_tel_data_add_dict_u64(i, "frames", imp->frames);
+    rte_tel_data_add_dict_u64(i, "lost", imp->lost);
+    rte_tel_data_add_dict_u64(i, "corrupted", imp->corrupted);
+    rte_tel_data_add_dict_u64(i, "duplicated", imp->duplicated);
+    rte_tel_data_add_dict_u64(i, "reordered", imp->reordered);
+    rte_tel_data_add_dict_u64(i, "overflow", imp->overflow);
+    rte_tel_data_add_dict_container(d, name, i, 0);
+  }
 }
 
 // Parses a non-negative index parameter; -1 when absent or malformed.

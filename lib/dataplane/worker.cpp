@@ -201,6 +201,25 @@ int worker_main(void* arg) {
 
   std::vector<TxQueue> tx(dp.ports.size());
   for (size_t p = 0; p < dp.ports.size(); ++p) tx[p].bind(dp.ports[p].id, queue, &dp.at(ctx.slot, p));
+  // Faults on purpose (--impair-rx/--impair-tx): a seeded stage per worker,
+  // port and direction, so a run replays from the seed it logged.
+  using net::Impairment;
+  std::vector<std::unique_ptr<Impairment>> rx_impair(dp.ports.size());
+  std::vector<std::unique_ptr<Impairment>> tx_impair(dp.ports.size());
+  for (size_t p = 0; p < dp.ports.size(); ++p) {
+    const uint64_t stage = (uint64_t{queue} << 32) | (p << 1);
+    if (dp.cfg.impair_rx.active())
+      rx_impair[p] = std::make_unique<Impairment>(dp.cfg.impair_rx, Impairment::stage_seed(dp.cfg.impair_seed, stage),
+                                                  Impairment::Direction::rx, dp.ports[p].pool,
+                                                  &dp.at(ctx.slot, p).impair_rx);
+    if (dp.cfg.impair_tx.active()) {
+      tx_impair[p] = std::make_unique<Impairment>(dp.cfg.impair_tx,
+                                                  Impairment::stage_seed(dp.cfg.impair_seed, stage | 1),
+                                                  Impairment::Direction::tx, dp.ports[p].pool,
+                                                  &dp.at(ctx.slot, p).impair_tx);
+      tx[p].impair(tx_impair[p].get());
+    }
+  }
   // One engine per port: its own connections, timers and TIME_WAIT entries.
   std::vector<std::unique_ptr<PortSink>> sinks;
   std::vector<std::unique_ptr<NoteHost>> hosts;
@@ -232,7 +251,8 @@ int worker_main(void* arg) {
     for (size_t p = 0; p < dp.ports.size(); ++p) {
       const Port& port = dp.ports[p];
       Counters& c = dp.at(ctx.slot, p);
-      const uint16_t n = rte_eth_rx_burst(port.id, queue, rx.data(), burst);
+      uint16_t n = rte_eth_rx_burst(port.id, queue, rx.data(), burst);
+      if (rx_impair[p]) n = rx_impair[p]->pass(rx.data(), n, now_us, rx.data(), burst);
       unsigned n_slow = 0;
       if (n != 0) {
         work += n;
@@ -279,6 +299,9 @@ int worker_main(void* arg) {
   }
   engines.clear();  // buffers the engines hold go back before the pools do
   for (auto& q : tx) q.flush();
+  for (auto& q : tx) q.impair(nullptr);
+  rx_impair.clear();  // frames still delayed are freed
+  tx_impair.clear();
   return 0;
 }
 

@@ -128,12 +128,29 @@ TEST(Config, BadScalarValuesNameTheOption) {
       {{"--slowpath-ring", "1000"}, "slowpath-ring"},
       {{"--idle-sleep-us", "1000001"}, "idle-sleep-us"},
       {{"--neighbour-entries", "2"}, "neighbour-entries"},
+      {{"--impair-rx", "loss=2"}, "impair-rx"},
+      {{"--impair-tx", "wobble=1%"}, "impair-tx"},
+      {{"--impair-seed", "x"}, "impair-seed"},
   };
   for (const auto& c : cases) {
     Exit e = fails(c.args);
     EXPECT_EQ(e.code, 2) << c.args[0];
     EXPECT_NE(e.message.find(c.option), std::string::npos) << e.message;
   }
+}
+
+TEST(Config, ImpairmentPerDirectionWithASeed) {
+  Config c = ok({"--impair-rx", "loss=1%,reorder=10%", "--impair-tx", "duplicate=0.02,delay-us=100",
+                 "--impair-seed", "1234"});
+  EXPECT_DOUBLE_EQ(c.impair_rx.loss, 0.01);
+  EXPECT_DOUBLE_EQ(c.impair_rx.reorder, 0.10);
+  EXPECT_FALSE(c.impair_rx.duplicate > 0);
+  EXPECT_DOUBLE_EQ(c.impair_tx.duplicate, 0.02);
+  EXPECT_EQ(c.impair_tx.delay_us, 100u);
+  EXPECT_EQ(c.impair_seed, 1234u);
+  Config none = ok({});
+  EXPECT_FALSE(none.impair_rx.active());
+  EXPECT_FALSE(none.impair_tx.active());
 }
 
 TEST(Config, UnknownOptionAndMissingValueFail) {
