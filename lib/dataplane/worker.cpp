@@ -62,6 +62,8 @@ tcp::EngineConfig engine_config(const Dataplane& dp, size_t worker, size_t port)
   cfg.tx_caps = dp.ports[port].tx_caps;
   cfg.header_pool = dp.ports[port].pool;
   cfg.attach_pool = dp.attach_pools[port];
+  // vhost-user maps only the EAL's memory, not the hosts' regions.
+  cfg.copy_payload = dp.ports[port].config.kind == PortKind::virtio_user;
   cfg.max_rcv_window = 16u << 20;  // what one TERMINATE_COMPLETE can carry back
   return cfg;
 }

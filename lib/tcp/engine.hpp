@@ -43,6 +43,10 @@ struct EngineConfig {
   net::TxChecksumCaps tx_caps;        // what the port computes
   rte_mempool* header_pool = nullptr; // header mbufs (headroom for Eth/IP/TCP)
   rte_mempool* attach_pool = nullptr; // mbufs for zero-copy payload (data room may be 0)
+  // The device reads only the EAL's own memory (virtio-user: its vhost-user
+  // backend maps nothing else, so payload attached from host memory is never
+  // sent and blocks the ring): copy payload into header_pool mbufs instead.
+  bool copy_payload = false;
 };
 
 // Where the engine's segments go (the worker's TX queue, a test's capture).
@@ -138,6 +142,7 @@ class Engine final : public OffloadTarget {
   rte_mbuf* header(Tcb& c, uint32_t seq, uint8_t tcp_flags, bool sack_blocks, uint32_t payload_len);
   void finish_segment(rte_mbuf* m);
   bool attach_payload(Tcb& c, rte_mbuf* hdr, uint32_t seq, uint32_t len, bool& psh);
+  bool copy_into(rte_mbuf* hdr, rte_mbuf*& last, const uint8_t* src, uint32_t len);
   void transmit(rte_mbuf* m);
   void flush();
   void mark_output(Tcb& c);

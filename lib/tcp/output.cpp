@@ -142,22 +142,27 @@ bool Engine::attach_payload(Tcb& c, rte_mbuf* hdr, uint32_t seq, uint32_t len, b
     uint32_t piece = b->data_length - off;
     if (piece > len) piece = len;
     if (piece > UINT16_MAX) piece = UINT16_MAX;
-    rte_mbuf* pm = rte_pktmbuf_alloc(cfg_.attach_pool);
-    if (pm == nullptr) {
-      ++stats_.no_mbuf;
-      return false;
-    }
     uint8_t* addr = b->data + off;
-    BufferMeta& bm = meta(b);
-    rte_mbuf_ext_refcnt_update(&bm.shinfo, 1);
-    rte_pktmbuf_attach_extbuf(pm, addr, va ? reinterpret_cast<rte_iova_t>(addr) : rte_mem_virt2iova(addr),
-                              static_cast<uint16_t>(piece), &bm.shinfo);
-    pm->data_len = static_cast<uint16_t>(piece);
-    pm->pkt_len = piece;
-    last->next = pm;
-    last = pm;
-    hdr->nb_segs = static_cast<uint16_t>(hdr->nb_segs + 1);
-    hdr->pkt_len += piece;
+    if (cfg_.copy_payload) {
+      // No mbuf references the host's buffer: it completes on the ACK alone.
+      if (!copy_into(hdr, last, addr, piece)) return false;
+    } else {
+      rte_mbuf* pm = rte_pktmbuf_alloc(cfg_.attach_pool);
+      if (pm == nullptr) {
+        ++stats_.no_mbuf;
+        return false;
+      }
+      BufferMeta& bm = meta(b);
+      rte_mbuf_ext_refcnt_update(&bm.shinfo, 1);
+      rte_pktmbuf_attach_extbuf(pm, addr, va ? reinterpret_cast<rte_iova_t>(addr) : rte_mem_virt2iova(addr),
+                                static_cast<uint16_t>(piece), &bm.shinfo);
+      pm->data_len = static_cast<uint16_t>(piece);
+      pm->pkt_len = piece;
+      last->next = pm;
+      last = pm;
+      hdr->nb_segs = static_cast<uint16_t>(hdr->nb_segs + 1);
+      hdr->pkt_len += piece;
+    }
     seq += piece;
     len -= piece;
     // C-8: PSH where a request ends.
@@ -168,6 +173,32 @@ bool Engine::attach_payload(Tcb& c, rte_mbuf* hdr, uint32_t seq, uint32_t len, b
     c.cursor_nbl = n;
     c.cursor_nb = b;
     c.cursor_seq = b_seq;
+  }
+  return true;
+}
+
+bool Engine::copy_into(rte_mbuf* hdr, rte_mbuf*& last, const uint8_t* src, uint32_t len) {
+  // Appends after the headers, then into more header_pool mbufs as needed
+  // (the caller frees the whole chain on failure).
+  while (len != 0) {
+    uint16_t room = rte_pktmbuf_tailroom(last);
+    if (room == 0) {
+      rte_mbuf* m = rte_pktmbuf_alloc(cfg_.header_pool);
+      if (m == nullptr) {
+        ++stats_.no_mbuf;
+        return false;
+      }
+      last->next = m;
+      last = m;
+      hdr->nb_segs = static_cast<uint16_t>(hdr->nb_segs + 1);
+      room = rte_pktmbuf_tailroom(m);
+    }
+    const uint16_t n = static_cast<uint16_t>(len < room ? len : room);
+    std::memcpy(rte_pktmbuf_mtod_offset(last, uint8_t*, last->data_len), src, n);
+    last->data_len = static_cast<uint16_t>(last->data_len + n);
+    hdr->pkt_len += n;
+    src += n;
+    len -= n;
   }
   return true;
 }

@@ -1,0 +1,257 @@
+"""The core scenarios on each kind of device chimneyd runs on here, with the
+Linux kernel as the peer every time:
+
+  tap          chimneyd's own net_tap port; the kernel sees its TAP.
+  virtio_user  chimneyd on a virtio-user port; its vhost-user backend is
+               dpdk-testpmd in io mode bridging net_vhost to a TAP in the
+               namespace (chimney.testing.VhostUserForwarder), where the
+               kernel sees it.
+
+Each test runs once per device, each run with its own namespace, chimneyd
+(and testpmd). The Linux side's own byte counts and hashes are the judge.
+"""
+
+import hashlib
+import json
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, LinuxPeer, send_stream, start_target
+
+import peer as stream_peer
+
+MiB = 1 << 20
+HERE = Path(__file__).parent
+DEVICES = ["tap", "virtio_user"]
+PEER_PORT = 7001
+
+
+@pytest.fixture(params=DEVICES)
+def target(request, chimneyd, tmp_path):
+    """A chimneyd of this test's own on the device named by the parameter
+    (named `target` so that conftest attaches its log to a failure)."""
+    with start_target(chimneyd, tmp_path, device=request.param) as t:
+        yield t
+
+
+def sha(n, offset=0):
+    return hashlib.sha256(stream_peer.stream(n, offset)).hexdigest()
+
+
+def skip_backlog_events(t, timeout=30):
+    """The next event that is not advice (SEND_BACKLOG_CHANGE, RECEIVE_READY)."""
+    ev = t.next_event(timeout)
+    while ev.kind in ("SEND_BACKLOG_CHANGE", "RECEIVE_READY"):
+        ev = t.next_event(timeout)
+    return ev
+
+
+def receive_exactly(conn, total, window=8, chunk=MiB):
+    """Keeps `window` receives of `chunk` bytes posted until `total` bytes of
+    the test stream came in; returns (sha256 hex, receives still posted)."""
+    h = hashlib.sha256()
+    received = 0
+    posted = [conn.post_receive(chunk) for _ in range(window)]
+    while received < total:
+        c = posted.pop(0).wait(60)
+        assert c.status == "NDIS_STATUS_SUCCESS", (c, received)
+        h.update(c.data)
+        received += len(c.data)
+        posted.append(conn.post_receive(chunk))
+    assert received == total
+    return h.hexdigest(), posted
+
+
+class InThread:
+    """Runs fn(*args) in a thread; result() joins and re-raises its exception."""
+
+    def __init__(self, fn, *args):
+        self.value, self.error = None, None
+        self.thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn, args):
+        try:
+            self.value = fn(*args)
+        except BaseException as e:  # re-raised in result()
+            self.error = e
+
+    def result(self, timeout=120):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "thread still running"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+# ---------------------------------------------------------------- ARP and ICMP
+
+
+def test_arp_both_ways_and_ping(target):
+    # chimney resolves the peer itself (its ARP request) before its SYN; the
+    # closed port answers RST, so the CONNECT is refused.
+    t = target.target
+    with pytest.raises(Exception) as refused:
+        t.connect(target.peer_ip, 7999)
+    assert getattr(refused.value, "status", None) == "NDIS_STATUS_REQUEST_ABORTED", refused.value
+    port = target.port(0)
+    assert port["arp_requests"] >= 1, port
+    # The kernel learnt chimney's MAC from that request, and answers pings.
+    cp = target.run(["ping", "-n", "-c", "3", "-W", "1", "-i", "0.2", target.target_ip],
+                    check=False, timeout=15)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert re.search(r"\b3 packets transmitted, 3 received\b", cp.stdout), cp.stdout
+    assert "DUP" not in cp.stdout
+    out = target.run(["ip", "neigh", "show", target.target_ip, "dev", target.iface]).stdout
+    m = re.search(r"lladdr ([0-9a-f:]{17})", out)
+    assert m and "FAILED" not in out and "INCOMPLETE" not in out, out
+    assert m.group(1).lower() == target.mac != target.peer_mac.lower()
+    # A fresh request from the kernel is answered too (the entry was flushed).
+    target.run(["ip", "neigh", "flush", "dev", target.iface])
+    target.ping(1)
+    after = target.port(0)
+    assert after["arp_replies"] >= port["arp_replies"] + 1, (port, after)
+    assert after["icmp_echo_replies"] >= port["icmp_echo_replies"] + 4, (port, after)
+    assert after["rx_errors"] == 0 and after["tx_errors"] == 0, after
+
+
+# ---------------------------------------------------------------- active open
+
+DUPLEX_PEER = r"""
+import hashlib, json, socket, sys, threading
+import peer
+port, total = int(sys.argv[1]), int(sys.argv[2])
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", port))
+srv.listen(1)
+print("listening", flush=True)
+conn, addr = srv.accept()
+sent = {"bytes": 0}
+def send():
+    try:
+        for c in peer.chunks(total):
+            conn.sendall(c)
+            sent["bytes"] += len(c)
+        conn.shutdown(socket.SHUT_WR)
+    except OSError as e:
+        sent["error"] = str(e)
+th = threading.Thread(target=send)
+th.start()
+h, n, end = hashlib.sha256(), 0, "eof"
+try:
+    while True:
+        d = conn.recv(1 << 20)
+        if not d:
+            break
+        h.update(d)
+        n += len(d)
+except OSError as e:
+    end = str(e)
+th.join()
+print(json.dumps({"bytes": n, "sha256": h.hexdigest(), "end": end, "sent": sent}), flush=True)
+"""
+
+
+def test_connect_32MiB_each_way_at_once(target):
+    # chimney CONNECTs to a Linux listener; both sides send 32 MiB of the test
+    # stream at the same time, then each closes its half.
+    t = target.target
+    total = 32 * MiB
+    linux = target.popen([PYTHON, "-c", DUPLEX_PEER, str(PEER_PORT), str(total)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(HERE))
+    assert linux.stdout.readline().strip() == "listening"
+    conn = t.connect(target.peer_ip, PEER_PORT)
+    sender = InThread(send_stream, conn, total)
+    digest, posted = receive_exactly(conn, total)
+    assert digest == sha(total)
+    assert sender.result() == total
+    # The peer's FIN after its last byte (C-16); later receives: INVALID_STATE.
+    assert skip_backlog_events(t).kind == "DISCONNECT"
+    for r in posted:
+        assert r.wait(10).status == "NDIS_STATUS_INVALID_STATE"
+    d = conn.disconnect(graceful=True).wait(30)
+    assert d.status == "NDIS_STATUS_SUCCESS" and d.bytes_transferred == 0, d
+    out, err = linux.communicate(timeout=60)
+    got = json.loads(out.splitlines()[-1])
+    assert got["sent"] == {"bytes": total}, (got, err)
+    assert got["end"] == "eof" and got["bytes"] == total, got
+    assert got["sha256"] == sha(total)
+    conn.terminate()
+
+
+def test_graceful_disconnect_delivers_exactly_the_bytes_sent(target):
+    # C-11/C-12: the final data rides with the FIN; SUCCESS only once both
+    # are ACKed, bytes_transferred = exactly that data; the peer reads
+    # every byte once and then EOF.
+    t = target.target
+    linux = LinuxPeer(target, "sink", PEER_PORT)
+    conn = t.connect(target.peer_ip, PEER_PORT)
+    body = 3 * MiB + 777
+    send_stream(conn, body, chunk=MiB // 2)
+    final = stream_peer.stream(12345, body)
+    d = conn.disconnect(graceful=True, data=final).wait(30)
+    assert d.status == "NDIS_STATUS_SUCCESS" and d.bytes_transferred == len(final), d
+    got = linux.result()
+    assert got["end"] == "eof" and got["bytes"] == body + len(final), got
+    assert got["sha256"] == sha(body + len(final))
+    # The peer closed after EOF: its FIN reaches us as DISCONNECT.
+    assert skip_backlog_events(t).kind == "DISCONNECT"
+    state = conn.terminate()
+    assert state["snd_una"] == state["snd_max"], state
+
+
+def test_abortive_disconnect_with_data_outstanding(target):
+    # C-13: RST at once; every send still outstanding completes
+    # REQUEST_ABORTED (none SUCCESS after the first aborted one); the peer
+    # sees ECONNRESET.
+    t = target.target
+    linux = LinuxPeer(target, "stall", PEER_PORT)
+    conn = t.connect(target.peer_ip, PEER_PORT)
+    size = 256 * 1024
+    sends = [conn.send(stream_peer.stream(size, i * size)) for i in range(16)]
+    time.sleep(1.0)  # the stalled reader's window fills; most of the 4 MiB waits
+    d = conn.disconnect(graceful=False).wait(30)
+    assert d.status == "NDIS_STATUS_SUCCESS", d
+    statuses = [s.wait(10).status for s in sends]
+    assert statuses[-1] == "NDIS_STATUS_REQUEST_ABORTED", statuses
+    first = statuses.index("NDIS_STATUS_REQUEST_ABORTED")
+    assert set(statuses[first:]) == {"NDIS_STATUS_REQUEST_ABORTED"}, statuses
+    assert set(statuses[:first]) <= {"NDIS_STATUS_SUCCESS"}, statuses
+    got = linux.result()
+    assert got["end"] == "reset" and got.get("error") == "ECONNRESET", got
+    conn.terminate()
+
+
+# ---------------------------------------------------------------- passive open
+
+
+def test_linux_client_to_a_chimney_listener(target):
+    # A Linux client connects to a chimney LISTEN, sends 8 MiB and its FIN;
+    # the host reads it all, answers 8 MiB and closes gracefully.
+    t = target.target
+    t.listen(7100)
+    up, down = 8 * MiB, 8 * MiB
+    client = target.popen([PYTHON, str(HERE / "linux_client.py"), target.target_ip, "7100", str(up)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(HERE))
+    conn = t.accept(30)
+    assert conn.remote_ip == target.peer_ip and conn.local_port == 7100
+    digest, posted = receive_exactly(conn, up, window=4)
+    assert digest == sha(up)
+    assert skip_backlog_events(t).kind == "DISCONNECT"
+    for r in posted:
+        assert r.wait(10).status == "NDIS_STATUS_INVALID_STATE"
+    send_stream(conn, down)
+    d = conn.disconnect(graceful=True).wait(30)
+    assert d.status == "NDIS_STATUS_SUCCESS", d
+    out, err = client.communicate(timeout=60)
+    got = json.loads(out.splitlines()[-1])
+    assert got["end"] == "eof" and got["bytes"] == down, (got, err)
+    assert got["sha256"] == sha(down)
+    conn.terminate()
+    t.release_listen(7100)
