@@ -272,16 +272,18 @@ class VhostUserForwarder:
     (chimneyd, also ``--no-huge``) sends that fd and the backend maps it.
 
     Started and stopped by PID (SIGTERM, then SIGKILL); stopping also removes
-    its DPDK runtime directory and the socket. Its forwarding lcore busy-polls:
-    ``lcores`` (EAL ``--lcores``) chooses where it may run, ``nice`` lowers its
-    priority so that it yields to chimneyd and the peers when they have work.
+    its DPDK runtime directory and the socket. Its forwarding lcore busy-polls
+    (testpmd has no idle sleep): ``lcores`` (EAL ``--lcores``) chooses where it
+    runs — by default both its lcores on CPU 0, where chimneyd's main lcore
+    (mostly asleep) runs, away from chimneyd's worker lcores (CPU 1 on, with
+    chimneyd's default ``-l0-N``); ``nice`` lowers its priority.
 
         with VhostUserForwarder("ns", "vu0", "/tmp/d/vhost.sock", "vh1", log_path="/tmp/d/t.log"):
             ...  # chimneyd --port kind=virtio_user,path=/tmp/d/vhost.sock,address=...
     """
 
     def __init__(self, netns: str, tap_iface: str, socket_path: str, file_prefix: str, *,
-                 log_path: str, lcores: str = "0@(0,1),1@(0,1)", nice: int = 0,
+                 log_path: str, lcores: str = "0@0,1@0", nice: int = 0,
                  memory_mb: int = 256, mbufs: int = 8192, queues: int = 1,
                  ready_timeout: float = 20.0, stop_timeout: float = 10.0,
                  testpmd: str = TESTPMD, extra_args: Iterable[str] = ()):
