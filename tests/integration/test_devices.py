@@ -7,48 +7,32 @@ Linux kernel as the peer every time:
                namespace (chimney.testing.VhostUserForwarder), where the
                kernel sees it.
 
-Each test runs once per device, each run with its own namespace, chimneyd
-(and testpmd). The Linux side's own byte counts and hashes are the judge.
+Each test runs once per device (the `target` fixture of devices.py), each
+run with its own namespace, chimneyd (and testpmd). The Linux side's own byte
+counts and hashes are the judge.
 """
 
 import hashlib
 import json
 import re
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, LinuxPeer, send_stream, start_target
+from conftest import PYTHON, LinuxPeer, send_stream
+from devices import InThread, skip_backlog_events, target  # noqa: F401 (target: the fixture)
 
 import peer as stream_peer
 
 MiB = 1 << 20
 HERE = Path(__file__).parent
-DEVICES = ["tap", "virtio_user"]
 PEER_PORT = 7001
-
-
-@pytest.fixture(params=DEVICES)
-def target(request, chimneyd, tmp_path):
-    """A chimneyd of this test's own on the device named by the parameter
-    (named `target` so that conftest attaches its log to a failure)."""
-    with start_target(chimneyd, tmp_path, device=request.param) as t:
-        yield t
 
 
 def sha(n, offset=0):
     return hashlib.sha256(stream_peer.stream(n, offset)).hexdigest()
-
-
-def skip_backlog_events(t, timeout=30):
-    """The next event that is not advice (SEND_BACKLOG_CHANGE, RECEIVE_READY)."""
-    ev = t.next_event(timeout)
-    while ev.kind in ("SEND_BACKLOG_CHANGE", "RECEIVE_READY"):
-        ev = t.next_event(timeout)
-    return ev
 
 
 def receive_exactly(conn, total, window=8, chunk=MiB):
@@ -65,28 +49,6 @@ def receive_exactly(conn, total, window=8, chunk=MiB):
         posted.append(conn.post_receive(chunk))
     assert received == total
     return h.hexdigest(), posted
-
-
-class InThread:
-    """Runs fn(*args) in a thread; result() joins and re-raises its exception."""
-
-    def __init__(self, fn, *args):
-        self.value, self.error = None, None
-        self.thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
-        self.thread.start()
-
-    def _run(self, fn, args):
-        try:
-            self.value = fn(*args)
-        except BaseException as e:  # re-raised in result()
-            self.error = e
-
-    def result(self, timeout=120):
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "thread still running"
-        if self.error is not None:
-            raise self.error
-        return self.value
 
 
 # ---------------------------------------------------------------- ARP and ICMP
