@@ -9,6 +9,7 @@ every test fails (not skips) and says how to build it.
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "clients" / "python"))
 
 from chimney.testing import Namespace, TargetInNamespace  # noqa: E402
+from wirecheck import Wire  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
 PEER = str(Path(__file__).with_name("peer.py"))
@@ -45,6 +47,71 @@ class LinuxPeer:
         lines = [l for l in out.splitlines() if l.startswith("{")]
         assert lines, f"peer printed no result; stderr: {err}"
         return json.loads(lines[-1])
+
+
+class LinuxCtl:
+    """peer.py's scripted modes (ctl: a Linux listener; ctl-connect: a Linux
+    client) inside the target's namespace: `cmd("send 1000")` sends a command
+    and returns its JSON answer; every read has a deadline."""
+
+    def __init__(self, target, *args, expect="listening"):
+        import subprocess
+        self.proc = target.popen([PYTHON, PEER, *map(str, args)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._buf = b""
+        self.first = None
+        if expect == "listening":
+            line = self.readline(10)
+            assert line == "listening", f"peer did not start: {line!r} {self._stderr()}"
+        else:
+            self.first = self.json(30)
+
+    def _stderr(self):
+        if self.proc.poll() is None:
+            return ""
+        return self.proc.stderr.read().decode(errors="replace")
+
+    def readline(self, timeout):
+        import select
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"peer said nothing within {timeout} s")
+            r, _, _ = select.select([fd], [], [], left)
+            if r:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"peer exited ({self.proc.wait(5)}): {self._stderr()}")
+                self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode().strip()
+
+    def json(self, timeout=30):
+        import json
+        return json.loads(self.readline(timeout))
+
+    def accepted(self, timeout=30):
+        """The ctl listener's first line: the connection it accepted."""
+        if self.first is None:
+            self.first = self.json(timeout)
+        return self.first
+
+    def cmd(self, line, timeout=60):
+        self.proc.stdin.write((line + "\n").encode())
+        self.proc.stdin.flush()
+        return self.json(timeout)
+
+    def send_only(self, line):
+        """Sends a command without waiting for its answer (read it with json())."""
+        self.proc.stdin.write((line + "\n").encode())
+        self.proc.stdin.flush()
+
+    def quit(self, timeout=30):
+        out = self.cmd("quit", timeout)
+        self.proc.wait(timeout)
+        return out
 
 
 def send_stream(conn, total, chunk=MiB, window=8, stop=None):
@@ -115,14 +182,51 @@ def scratch_netns():
         yield ns
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "wire(**options): options of the `wire` capture "
+                                       "(wirecheck.Wire: snaplen, buffer_kib, keep)")
+
+
+@pytest.fixture
+def wire(request, tmp_path):
+    """The wire check (wirecheck.py) around this test: tcpdump on the Linux
+    side of the TAP of the test's target (`fresh_target` if the test uses it,
+    else the module's `target`), running before the test body starts. Call
+    `wire.check(allow_rst_from_target=..., allow_fin_from_target=...)` where
+    the scenario is done; a test that does not is checked with the defaults
+    (no RST from chimney) at teardown. The pcap is kept under tmp_path when
+    anything failed."""
+    name = "fresh_target" if "fresh_target" in request.fixturenames else "target"
+    marker = request.node.get_closest_marker("wire")
+    w = Wire(request.getfixturevalue(name), tmp_path, **(marker.kwargs if marker else {}))
+    w.start()
+    yield w
+    rep = getattr(request.node, "rep_call", None)
+    failed = rep is None or rep.failed
+    try:
+        if not failed and not w.checked:
+            w.check()
+    finally:
+        w.finish(failed=failed or w.failed)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """On failure, attach the tail of chimneyd's log to the report."""
+    """On failure, attach the tail of chimneyd's log to the report (and,
+    with the `wire` fixture, what the capture shows and where it is)."""
     outcome = yield
     report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)
     if report.when != "call" or not report.failed:
         return
     funcargs = getattr(item, "funcargs", {})
+    w = funcargs.get("wire")
+    if w is not None and not w.failed:
+        try:
+            a = w.analyse()
+            report.sections.append(("wire capture", a.report(a.findings)))
+        except Exception as e:  # the test's own failure matters more
+            report.sections.append(("wire capture", f"{w.pcap}: not analysed: {e}"))
     for name in ("target", "fresh_target"):
         t = funcargs.get(name)
         if t is not None and hasattr(t, "log_tail"):
