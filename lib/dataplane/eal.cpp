@@ -93,6 +93,13 @@ EalPlan plan_eal(const std::string& argv0, const std::vector<std::string>& user,
                          "), falling back to --no-huge -m " + std::to_string(cfg.memory_mb);
   }
   if (plan.hugepages && !has_any(given, {"--huge-unlink"})) plan.args.push_back("--huge-unlink");
+  // A vhost-user backend maps the frontend's memory file by file, at most 8
+  // of them (VHOST_MEMORY_MAX_NREGIONS): with hugepages, one file per memseg
+  // list. (Without, the EAL's memory is one memfd already.)
+  bool any_virtio_user = false;
+  for (const PortConfig& p : cfg.ports) any_virtio_user |= p.kind == PortKind::virtio_user;
+  if (plan.hugepages && any_virtio_user && !has_any(given, {"--single-file-segments"}))
+    plan.args.push_back("--single-file-segments");
 
   if (!has_any(given, {"--file-prefix"})) {
     plan.file_prefix = "chimney-" + std::to_string(pid);

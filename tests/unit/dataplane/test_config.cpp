@@ -249,6 +249,19 @@ TEST(Eal, HugepagesUsedWhenEnoughAreFree) {
   EXPECT_NE(p.memory_note.find("64 MiB free"), std::string::npos) << p.memory_note;
 }
 
+TEST(Eal, VirtioUserOnHugepagesGetsSingleFileSegments) {
+  // vhost-user takes at most 8 memory files; --no-huge memory is one memfd.
+  Config c = ok({"--port", "kind=virtio_user,path=/tmp/v.sock,address=198.18.0.2/24"});
+  EalPlan p = plan_eal("chimneyd", {}, c, HugepageInfo{true, uint64_t{1} << 30}, 1);
+  EXPECT_EQ(std::count(p.args.begin(), p.args.end(), "--single-file-segments"), 1);
+  p = plan_eal("chimneyd", {}, c, HugepageInfo{false, 0}, 1);
+  EXPECT_EQ(std::count(p.args.begin(), p.args.end(), "--single-file-segments"), 0);
+  EXPECT_EQ(std::count(p.args.begin(), p.args.end(), "--no-huge"), 1);
+  Config tap = ok({});
+  p = plan_eal("chimneyd", {}, tap, HugepageInfo{true, uint64_t{1} << 30}, 1);
+  EXPECT_EQ(std::count(p.args.begin(), p.args.end(), "--single-file-segments"), 0);
+}
+
 TEST(Eal, UserOptionsAreKept) {
   Config c = ok({"--port", "kind=pci,pci=0000:01:00.0,address=198.18.0.2/24"});
   EalPlan p = plan_eal("chimneyd", {"-l", "2-5", "--file-prefix", "mine"}, c, HugepageInfo{}, 1);
