@@ -622,7 +622,14 @@ void Engine::raise(Tcb& c, EventKind kind, RetrieveReason reason, uint32_t value
 
 void Engine::maybe_indicate_fin(Tcb& c) {
   // C-16: DISCONNECT only once every byte before the FIN was consumed.
-  if (!c.flags.fin_received || c.flags.fin_indicated || c.rx_buffered.bytes != 0) return;
+  if (!c.flags.fin_received || c.rx_buffered.bytes != 0) return;
+  if (c.flags.fin_indicated) {
+    // Offloaded after the FIN was indicated (CLOSE_WAIT with undelivered
+    // data): receives posted to drain that data can get no more (C-16), and
+    // complete now, before a later post is refused (C-9 FIFO).
+    complete_receives(c, Status::invalid_state);
+    return;
+  }
   c.flags.fin_indicated = true;
   // A partly filled receive completes with what it has; empty ones can
   // never be filled now (C-16: INVALID_STATE).
