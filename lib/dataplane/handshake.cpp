@@ -167,7 +167,12 @@ OffloadState SlowPath::established(const Handshake& hs, uint64_t now) const {
   st.constant.remote_ip = hs.remote_ip.value;
   st.constant.local_port = hs.local_port;
   st.constant.remote_port = hs.remote_port;
-  st.constant.remote_mss = o.has_mss ? o.mss : 536;  // RFC 9293 §3.7.1 default
+  // RFC 9293 §3.7.1: 536 without an MSS option. An MSS of 0 says nothing
+  // usable and counts as absent; one below the engine's floor (64) is raised
+  // to it (Linux: 0 ignored, 48 at least), or the offload would fail after
+  // the handshake and leave the peer with a connection nobody serves.
+  const uint16_t mss = o.has_mss && o.mss != 0 ? o.mss : 536;
+  st.constant.remote_mss = mss < 64 ? 64 : mss;
   st.constant.window_scaling = o.has_wscale;
   st.constant.snd_wscale = o.has_wscale ? (o.wscale > 14 ? 14 : o.wscale) : 0;  // RFC 7323 §2.3
   st.constant.rcv_wscale = o.has_wscale ? our_wscale(hs.cached.initial_rcv_wnd) : 0;

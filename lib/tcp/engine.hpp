@@ -153,6 +153,7 @@ class Engine final : public OffloadTarget {
   void on_timer(Tcb& c);
   void on_retransmit_timeout(Tcb& c);
   void on_persist_timeout(Tcb& c);
+  bool send_window_probe(Tcb& c);  // false: the persist limit was reached (RETRIEVE raised)
   void on_keepalive_timeout(Tcb& c);
   void sack_recovery_output(Tcb& c);
   void enter_recovery(Tcb& c);

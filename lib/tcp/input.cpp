@@ -209,6 +209,9 @@ bool Engine::process_ack(Tcb& c, uint32_t ack, uint32_t seq, uint32_t seg_wnd, b
     mark_output(c);
     return false;
   }
+  // RFC 1122 §4.2.2.17: an acceptable ACK answers our zero-window probes;
+  // only unanswered ones count towards the persist limit.
+  c.persist_unanswered = 0;
   const uint32_t wnd = seg_wnd << c.snd.wscale;
   const uint32_t old_wnd = c.snd.wnd;
   if (c.flags.sack && opts.sack_count != 0) process_sack(c, opts);

@@ -491,14 +491,23 @@ void Engine::rtt_sample(Tcb& c, uint64_t r) {
 
 void Engine::on_retransmit_timeout(Tcb& c) {
   if (c.snd.una == c.snd.max) return;
-  ++stats_.rto_expirations;
-  // C-18: the retransmission limit from the cached state asks for an upload.
-  if (++c.total_rt > c.max_retransmissions) {
-    raise(c, EventKind::retrieve, RetrieveReason::timeout_expiration);
-    return;  // no more retransmissions; the host terminates
+  if (c.snd.wnd == 0) {
+    // RFC 9293 §3.8.6: the peer shrank its window to zero with data in
+    // flight. No loss, and no reason to time the connection out for data
+    // beyond the right edge (MUST-34: max_retransmissions does not count
+    // this): probe the window the standard way (MUST-35), backing off as any
+    // RTO; the persist limit applies (C-18). When it opens, go on from SND.UNA.
+    if (!send_window_probe(c)) return;
+  } else {
+    ++stats_.rto_expirations;
+    // C-18: the retransmission limit from the cached state asks for an upload.
+    if (++c.total_rt > c.max_retransmissions) {
+      raise(c, EventKind::retrieve, RetrieveReason::timeout_expiration);
+      return;  // no more retransmissions; the host terminates
+    }
+    // RFC 6298 §5.5-5.7, RFC 5681 §3.1 eq. 4, RFC 6582 §4 (recover = snd.max).
+    congestion_ops(c.cc_algo).on_rto(c, now_ms_);
   }
-  // RFC 6298 §5.5-5.7, RFC 5681 §3.1 eq. 4, RFC 6582 §4 (recover = snd.max).
-  congestion_ops(c.cc_algo).on_rto(c, now_ms_);
   c.flags.in_recovery = false;
   c.snd.dupacks = 0;
   c.snd.recover = c.snd.max;
@@ -521,23 +530,30 @@ void Engine::on_persist_timeout(Tcb& c) {
     c.flags.sws_override = false;
     return;
   }
-  // C-18: a persist limit from the cached state.
-  if (c.max_persist_probes != 0 && c.persist_probes >= c.max_persist_probes) {
+  if (!send_window_probe(c)) return;
+  ++c.persist_probes;
+  uint64_t backoff = uint64_t{c.rtt.rto_ms} << (c.persist_probes < 10 ? c.persist_probes : 10);
+  if (backoff > cfg_.persist_max_ms) backoff = cfg_.persist_max_ms;
+  arm(c, TimerKind::persist, static_cast<uint32_t>(backoff));
+}
+
+bool Engine::send_window_probe(Tcb& c) {
+  // C-18: a persist limit from the cached state, on probes left unanswered
+  // (RFC 1122 §4.2.2.17: the connection stays open while the peer answers).
+  if (c.max_persist_probes != 0 && c.persist_unanswered >= c.max_persist_probes) {
     raise(c, EventKind::retrieve, RetrieveReason::timeout_expiration);
-    return;
+    return false;
   }
   // A zero-window probe: an old sequence number with no data makes the peer
   // answer with its current window (as Linux does).
   ++stats_.window_probes;
-  ++c.persist_probes;
+  ++c.persist_unanswered;
   rte_mbuf* m = header(c, c.snd.una - 1, kAck, false, 0);
   if (m != nullptr) {
     finish_segment(m);
     ++stats_.segments_out;
   }
-  uint64_t backoff = uint64_t{c.rtt.rto_ms} << (c.persist_probes < 10 ? c.persist_probes : 10);
-  if (backoff > cfg_.persist_max_ms) backoff = cfg_.persist_max_ms;
-  arm(c, TimerKind::persist, static_cast<uint32_t>(backoff));
+  return true;
 }
 
 void Engine::on_keepalive_timeout(Tcb& c) {

@@ -71,7 +71,8 @@ struct alignas(RTE_CACHE_LINE_SIZE) Tcb {
   } snd;
   TcpState state;
   uint8_t total_rt;          // RTO expirations in a row
-  uint8_t persist_probes;
+  uint8_t persist_probes;          // zero-window probes since the window closed (the backoff)
+  uint8_t persist_unanswered;      // ... since the peer last ACKed one (C-18 limit, RFC 1122 §4.2.2.17)
   uint8_t keepalive_probes_sent;
   struct Flags {
     bool timestamps : 1;

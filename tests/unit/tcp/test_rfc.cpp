@@ -1064,6 +1064,68 @@ TEST_F(Rfc, C18_PersistProbeLimitRaisesRetrieve) {
   EXPECT_EQ(host.records[at].reason, RetrieveReason::timeout_expiration);
 }
 
+// RFC 1122 §4.2.2.17 (C-18): the connection stays open while the peer
+// answers the probes; the cached limit counts unanswered probes only.
+TEST_F(Rfc, Rfc1122_AnsweredPersistProbesDoNotCountTowardsTheLimit) {
+  offload_with([](OffloadState& s) { s.cached.max_persist_probes = 2; });
+  peer(kIrs, kIss, ACK, "", 0);
+  send_data("waiting");
+  expect_silence();
+  uint64_t interval = 1000;
+  for (int i = 0; i < 3; ++i, interval *= 2) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(next_after(interval).seq, kIss - 1);
+    peer(kIrs, kIss, ACK, "", 0);  // answered: still closed
+    expect_silence();
+  }
+  EXPECT_EQ(events(EventKind::retrieve), 0);
+  // The peer falls silent: two probes go unanswered, then RETRIEVE.
+  EXPECT_EQ(next_after(interval).seq, kIss - 1);
+  EXPECT_EQ(next_after(interval * 2).seq, kIss - 1);
+  EXPECT_EQ(events(EventKind::retrieve), 0);
+  advance(interval * 4 + 10);
+  expect_silence();
+  EXPECT_EQ(events(EventKind::retrieve), 1);
+}
+
+// RFC 9293 §3.8.6: the peer shrinks its window to zero with data in flight
+// and keeps it closed, answering everything. That is no reason to time the
+// connection out (MUST-34: max_retransmissions is 2 here, and 20 s pass);
+// the window is probed instead (MUST-35), backing off. When it opens the
+// data goes again from SND.UNA and the send completes.
+TEST_F(Rfc, Rfc9293_WindowShrunkToZeroIsProbedNotTimedOut) {
+  offload_with([](OffloadState& s) { s.cached.max_retransmissions = 2; });
+  const std::string data(3 * kMss, 'k');
+  Request& r = send_data(data);
+  ASSERT_EQ(drain().size(), 3u);
+  const uint32_t una = kIss + kMss;
+  peer(kIrs, una, ACK, "", 0);  // the right edge moves left of SND.MAX
+  std::vector<uint64_t> probes;
+  for (int ms = 0; ms < 20000; ++ms) {
+    advance(1);
+    for (const Seg& s : drain()) {
+      if (s.seq == una - 1 && s.payload.empty()) probes.push_back(now_us / 1000);
+      peer(kIrs, una, ACK, "", 0);  // still closed
+    }
+  }
+  EXPECT_EQ(events(EventKind::retrieve), 0) << "given up while the peer answers";
+  ASSERT_GE(probes.size(), 4u);
+  for (size_t i = 2; i < probes.size(); ++i)
+    EXPECT_GE(probes[i] - probes[i - 1], 2 * (probes[i - 1] - probes[i - 2]) - 1) << "probe " << i;
+  peer(kIrs, una, ACK, "", 512);  // the window opens
+  std::string resent;
+  for (int i = 0; i < 10 && resent.size() < data.size() - kMss; ++i) {
+    for (const Seg& s : drain()) {
+      EXPECT_EQ(s.seq, una + resent.size());
+      resent += s.payload;
+    }
+    peer(kIrs, una + static_cast<uint32_t>(resent.size()), ACK, "", 512);
+  }
+  EXPECT_EQ(resent, data.substr(kMss));
+  EXPECT_EQ(r.nbl.status, Status::success);
+  EXPECT_EQ(r.nbl.bytes_transferred, data.size());
+}
+
 // RFC 9293 §3.8.6.2.2 (receiver SWS avoidance): with the buffer full (the
 // host accepts nothing) the window is zero; freeing less than
 // min(RCV.BUFF/2, Eff.snd.MSS) does not move the right edge, even in the ACK
