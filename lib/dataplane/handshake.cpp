@@ -35,6 +35,16 @@ uint8_t our_wscale(uint32_t rcv_wnd) {
 constexpr uint16_t kCookieMss[8] = {216, 536, 1024, 1220, 1360, 1440, 1460, 8960};
 constexpr uint32_t kCookiePeriodS = 64;  // the counter t ticks every 64 s
 
+// RFC 6528: F(localip, localport, remoteip, remoteport, secretkey). The
+// same keyed hash (CRC, as the cookies: no crypto dependency) also offsets
+// our timestamp clock per 4-tuple (RFC 7323 §5.4).
+uint32_t tuple_secret_hash(uint32_t local_ip, uint32_t remote_ip, uint16_t local_port, uint16_t remote_port,
+                           uint32_t purpose) {
+  static const uint64_t secret = rte_rand();
+  const uint32_t words[4] = {local_ip, remote_ip, (uint32_t{local_port} << 16) | remote_port, purpose};
+  return rte_hash_crc(words, sizeof words, static_cast<uint32_t>(secret >> (purpose * 32)));
+}
+
 uint8_t cookie_mss_index(uint16_t mss) {
   uint8_t i = 0;
   while (i + 1 < 8 && kCookieMss[i + 1] <= mss) ++i;
@@ -65,6 +75,18 @@ uint32_t SlowPath::ts_clock(const Handshake& hs, uint64_t now) const {
   return hs.ts_base + static_cast<uint32_t>(now * 1000 / rte_get_tsc_hz());
 }
 
+void SlowPath::choose_iss(Handshake& hs, uint64_t now) const {
+  // RFC 6528: ISN = M + F(4-tuple, secret), M a 4 µs clock, and a
+  // timestamp clock that runs on from one incarnation of a 4-tuple to the
+  // next: a new connection's SYN is then newer than the old one's (RFC 9293
+  // §3.4.1), which a peer still in TIME_WAIT checks before taking it (RFC
+  // 6191); random values were refused half the time.
+  const uint32_t local = dp_.ports[hs.port].config.address.addr.value;
+  hs.iss = static_cast<uint32_t>(now / (rte_get_tsc_hz() / 250000 + 1)) +
+           tuple_secret_hash(local, hs.remote_ip.value, hs.local_port, hs.remote_port, 0);
+  hs.ts_base = tuple_secret_hash(local, hs.remote_ip.value, hs.local_port, hs.remote_port, 1);
+}
+
 Status SlowPath::connect(const ConnectRequest& req, ConnectDone done) {
   if (req.port >= dp_.ports.size() || req.remote_ip.value == 0 || req.remote_port == 0) return Status::invalid_state;
   auto hs = std::make_unique<Handshake>();
@@ -84,14 +106,19 @@ Status SlowPath::connect(const ConnectRequest& req, ConnectDone done) {
     }
   }
   const uint64_t key = tuple_key(req.remote_ip, req.remote_port, hs->local_port);
+  // An entry of an earlier handshake of this 4-tuple that the engine has
+  // taken over only drops stray segments for a second; opening the 4-tuple
+  // again (after a close: RFC 9293 §3.10.7.4, RFC 6191) replaces it.
+  auto earlier = handshakes_.find(key);
+  if (earlier != handshakes_.end() && earlier->second->phase == Handshake::Phase::offloading) handshakes_.erase(earlier);
   if (hs->local_port == 0 || handshakes_.count(key)) return Status::resources;
-  hs->iss = static_cast<uint32_t>(rte_rand());  // RFC 9293 §3.4.1 (RFC 6528 would key a hash)
-  hs->ts_base = static_cast<uint32_t>(rte_rand());
+  const uint64_t now = rte_get_tsc_cycles();
+  choose_iss(*hs, now);
   hs->cached = req.cached;
   hs->done = std::move(done);
   Handshake& ref = *hs;
   handshakes_[key] = std::move(hs);
-  send_syn(ref, rte_get_tsc_cycles());
+  send_syn(ref, now);
   return Status::pending;
 }
 
@@ -340,8 +367,7 @@ bool SlowPath::handle_listener(size_t p, rte_mbuf* m, uint64_t now) {
     if (l.half_open < l.backlog) {
       auto entry = std::make_unique<Handshake>(hs);
       entry->phase = Handshake::Phase::syn_received;
-      entry->iss = static_cast<uint32_t>(rte_rand());
-      entry->ts_base = static_cast<uint32_t>(rte_rand());
+      choose_iss(*entry, now);
       entry->next_retry = now + rte_get_tsc_hz();
       entry->tries = 1;
       ++l.half_open;

@@ -89,6 +89,7 @@ class SlowPath {
   void send_synack(const Handshake& hs, uint32_t ts_val, uint64_t now);
   OffloadState established(const Handshake& hs, uint64_t now) const;
   uint32_t ts_clock(const Handshake& hs, uint64_t now) const;
+  void choose_iss(Handshake& hs, uint64_t now) const;
   net::TcpFrameSpec frame_for(const Handshake& hs);
   uint32_t cookie(const Handshake& hs, uint32_t t) const;
   void rst_reply(size_t port, rte_mbuf* m, uint64_t now);

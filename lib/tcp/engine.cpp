@@ -150,8 +150,14 @@ void Engine::initiate_offload(const OffloadState& s, void* host_context, Connect
   *handle = ConnectionHandle{};
   Status st = validate(s);
   Key key{s.constant.remote_ip, s.constant.local_ip, s.constant.remote_port, s.constant.local_port};
-  if (st == Status::success && (rte_hash_lookup(table_, &key) >= 0 || rte_hash_lookup(tw_table_, &key) >= 0))
-    st = Status::invalid_state;  // the 4-tuple is in use here
+  if (st == Status::success && rte_hash_lookup(table_, &key) >= 0) st = Status::invalid_state;  // in use here
+  if (st == Status::success) {
+    // A new incarnation of a 4-tuple we hold in TIME_WAIT (its handshake was
+    // let through, time_wait_input): it replaces the entry (RFC 9293
+    // §3.10.7.4, RFC 6191).
+    void* tw_slot = nullptr;
+    if (rte_hash_lookup_data(tw_table_, &key, &tw_slot) >= 0) drop_time_wait(tw_[reinterpret_cast<uintptr_t>(tw_slot)]);
+  }
   if (st == Status::success && free_slots_.empty()) st = Status::offload_tcp_entries;
   if (st != Status::success) {
     ++stats_.offloads_refused;
@@ -697,7 +703,8 @@ void Engine::enter_time_wait(Tcb& c) {
       tw.timestamps = c.flags.timestamps;
       tw.ts_offset = c.ts_offset;
       const uint32_t offered = seq_gt(c.rcv.adv, c.rcv.nxt) ? c.rcv.adv - c.rcv.nxt : 0;
-      tw.window = static_cast<uint16_t>((offered >> c.rcv.wscale) > 65535 ? 65535 : (offered >> c.rcv.wscale));
+      const uint32_t units = (offered + (1u << c.rcv.wscale) - 1) >> c.rcv.wscale;  // rounded up as in header()
+      tw.window = static_cast<uint16_t>(units > 65535 ? 65535 : units);
       std::memcpy(tw.local_mac, c.local_mac, 6);
       std::memcpy(tw.remote_mac, c.remote_mac, 6);
       tw.in_use = true;
@@ -705,6 +712,13 @@ void Engine::enter_time_wait(Tcb& c) {
     }
   }
   enter_closed(c);
+}
+
+void Engine::drop_time_wait(TimeWait& tw) {
+  wheel_.cancel(tw.node);
+  rte_hash_del_key(tw_table_, &tw.key);
+  tw.in_use = false;
+  tw_free_.push_back(static_cast<uint32_t>(&tw - tw_.get()));
 }
 
 void Engine::finish_terminate(Tcb& c) {
@@ -762,10 +776,7 @@ void Engine::poll(uint64_t now_us) {
       return;
     }
     // A TIME_WAIT entry's 2·MSL ran out.
-    TimeWait& tw = *reinterpret_cast<TimeWait*>(addr - offsetof(TimeWait, node));
-    rte_hash_del_key(tw_table_, &tw.key);
-    tw.in_use = false;
-    tw_free_.push_back(static_cast<uint32_t>(&tw - tw_.get()));
+    drop_time_wait(*reinterpret_cast<TimeWait*>(addr - offsetof(TimeWait, node)));
   });
   // Terminates wait until the NIC released every send buffer (DESIGN.md buffers).
   for (size_t i = 0; i < pending_terminates_.size();) {

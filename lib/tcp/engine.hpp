@@ -107,6 +107,7 @@ class Engine final : public OffloadTarget {
   void abort_connection(Tcb& c, bool with_rst, bool raise_event);
   void enter_closed(Tcb& c);
   void enter_time_wait(Tcb& c);
+  void drop_time_wait(TimeWait& tw);
   void finish_terminate(Tcb& c);
   void maybe_indicate_fin(Tcb& c);
   void report_backlog(Tcb& c);

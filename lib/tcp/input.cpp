@@ -408,9 +408,32 @@ bool Engine::time_wait_input(rte_mbuf* m) {
   const auto* th = rte_pktmbuf_mtod_offset(m, const rte_tcp_hdr*, m->l2_len + m->l3_len);
   const uint8_t flags = th->tcp_flags;
   const uint32_t len = net::tcp_payload_len(m);
-  if (flags & kRst) {
+  if ((flags & kSyn) && !(flags & kRst)) {
+    const uint32_t seq = rte_be_to_cpu_32(th->sent_seq);
+    bool new_incarnation = (flags & kAck) != 0;  // a SYN-ACK answers a SYN of our slow path's
+    if (!new_incarnation) {
+      // RFC 6191 §2: a SYN is honoured when its timestamp is newer than the
+      // last seen (both incarnations with timestamps), else when its
+      // sequence number is greater than the last seen (our FIN at RCV.NXT-1);
+      // a SYN with timestamps after a connection without them is honoured.
+      net::TcpOptions o;
+      net::parse_tcp_options(reinterpret_cast<const uint8_t*>(th + 1), m->l4_len - sizeof(rte_tcp_hdr), o);
+      if (o.has_timestamp) new_incarnation = !tw.timestamps || seq_gt(o.ts_val, tw.ts_recent);
+      else new_incarnation = seq_gt(seq, tw.rcv_nxt - 1);
+    }
+    if (new_incarnation) {
+      // The slow path opens the connection (listener or CONNECT); the entry
+      // goes when the new one is offloaded (initiate_offload), or now for a SYN.
+      if (!(flags & kAck)) drop_time_wait(tw);
+      return false;
+    }
+    // Not newer: an old duplicate. RFC 5961 §4 (TIME-WAIT is synchronized):
+    // a challenge ACK; the entry stays.
+    ++stats_.time_wait_acks;
+    send_time_wait_ack(tw);
+  } else if (flags & kRst) {
     ++stats_.time_wait_drops;  // RFC 1337: a RST does not end TIME_WAIT
-  } else if ((flags & (kFin | kSyn)) || len != 0) {
+  } else if ((flags & kFin) || len != 0) {
     // RFC 9293 §3.10.7.4 TIME_WAIT: the only thing that can arrive is a
     // retransmission of the remote FIN: acknowledge it and restart 2·MSL.
     ++stats_.time_wait_acks;

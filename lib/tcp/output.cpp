@@ -43,8 +43,16 @@ rte_mbuf* Engine::header(Tcb& c, uint32_t seq, uint8_t tcp_flags, bool sack_bloc
   h.ip_id = net::next_ip_id(c.ip_id);  // C-8: 0x8000-0xFFFF
   if (tcp_flags & kAck) {
     h.ack = c.rcv.nxt;
-    const uint32_t wnd = advertise_window(c) >> c.rcv.wscale;
-    h.window = static_cast<uint16_t>(wnd > 65535 ? 65535 : wnd);
+    // RFC 7323 §2.3: SEG.WND = RCV.WND >> Rcv.Wind.Shift. Rounding down would
+    // put the right edge up to 2^shift - 1 bytes left of the one offered
+    // before whenever RCV.NXT moved by other than whole units (RFC 9293
+    // §3.8.6.2.2: the window SHOULD NOT shrink); round up, as Linux does, and
+    // take the edge the peer is told as ours.
+    const uint32_t unit = (1u << c.rcv.wscale) - 1;
+    uint32_t wnd = (advertise_window(c) + unit) >> c.rcv.wscale;
+    if (wnd > 65535) wnd = 65535;
+    if (seq_gt(c.rcv.nxt + (wnd << c.rcv.wscale), c.rcv.adv)) c.rcv.adv = c.rcv.nxt + (wnd << c.rcv.wscale);
+    h.window = static_cast<uint16_t>(wnd);
   }
   if (c.flags.timestamps) {
     h.opts.has_timestamp = true;  // RFC 7323 §3.2: on every segment

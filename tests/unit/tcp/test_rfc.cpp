@@ -598,12 +598,15 @@ TEST_F(Rfc, Rfc7323_WindowScaleOnWindowsSentAndReceived) {
   // Our window: 65536 >> 5 = 2048.
   EXPECT_EQ(segs[0].window, 2048u);
   EXPECT_EQ(delegated().snd_wnd, 2896u);
-  // 1000 bytes buffered, not consumed: the field says at most what is free.
+  // 1000 bytes buffered, not consumed: the field says what is free, rounded
+  // up to a whole unit of 32 so that the right edge stays where it was (RFC
+  // 9293 §3.8.6.2.2; rounded down it would move 24 bytes left).
   peer(kIrs, kIss, ACK | PSH, std::string(1000, 'r'), 724);
   Seg a = next_after(40);
   EXPECT_EQ(a.ack, kIrs + 1000);
-  EXPECT_LE(uint32_t{a.window} << 5, 65536u - 1000);
-  EXPECT_GT(uint32_t{a.window} << 5, 65536u - 1000 - 32);
+  EXPECT_LT(uint32_t{a.window} << 5, 65536u - 1000 + 32);
+  EXPECT_GE(uint32_t{a.window} << 5, 65536u - 1000);
+  EXPECT_GE(a.ack + (uint32_t{a.window} << 5), kIrs + 65536u) << "the right edge did not move left";
 }
 
 // ============================================================== RFC 5961
@@ -1375,6 +1378,107 @@ TEST_F(Rfc, C20_RequestsOnAReleasedHandleAreInvalidState) {
   EXPECT_EQ(engine->send(old, &s->nbl), Status::invalid_state);
   EXPECT_EQ(engine->send(ConnectionHandle{}, &s->nbl), Status::invalid_state);
   EXPECT_EQ(engine->send(h, nullptr), Status::invalid_state);
+}
+
+// RFC 7323 §2.3 / RFC 9293 §3.8.6.2.2: the window field is RCV.WND shifted
+// right; rounded down it would put the right edge (SEG.ACK + SEG.WND << 7)
+// left of the one offered before as soon as RCV.NXT moves by other than
+// whole 128-byte units. Rounded up, the edge on the wire never moves left.
+TEST_F(Rfc, Rfc7323_ScaledWindowRoundsUpSoTheRightEdgeNeverMovesLeft) {
+  offload_default();
+  uint32_t seq = kIrs, last_edge = 0;
+  for (uint32_t len : {100u, 37u, 1000u, 1u, 300u, 129u}) {
+    peer(seq, kIss, ACK | PSH, std::string(len, 'd'));
+    seq += len;
+    advance(50);  // the delayed ACK
+    for (const Seg& a : drain()) {
+      ASSERT_TRUE(a.has(ACK));
+      const uint32_t edge = a.ack + (uint32_t{a.window} << 7);
+      if (last_edge != 0) {
+        EXPECT_GE(static_cast<int32_t>(edge - last_edge), 0) << "edge " << edge << " < " << last_edge;
+      }
+      last_edge = edge;
+    }
+  }
+  EXPECT_EQ(host.indicated.size(), seq - kIrs);
+  // What the peer was told it may send is taken, up to the edge's last byte
+  // (held out of order here, and reported in the SACK block).
+  peer(last_edge - 10, kIss, ACK, std::string(10, 'e'));
+  Seg a = next();
+  ASSERT_EQ(a.opts.sack_count, 1u);
+  EXPECT_EQ(a.opts.sack[0].left, last_edge - 10);
+  EXPECT_EQ(a.opts.sack[0].right, last_edge) << "not trimmed: the window the peer was given is ours";
+}
+
+class RfcTimeWait : public Rfc {
+ protected:
+  // Our graceful close, the peer's FIN: TIME_WAIT with rcv.nxt = 5001 and
+  // TS.Recent the peer's last timestamp.
+  void enter_time_wait() {
+    offload_default();
+    close_graceful();
+    EXPECT_TRUE(next().has(FIN));
+    peer(kIrs, kIss + 1, ACK | FIN);
+    EXPECT_EQ(next().ack, kIrs + 1);
+    ASSERT_EQ(engine->time_wait_entries(), 1u);
+    ts_recent = peer_ts;
+  }
+  uint32_t ts_recent = 0;
+};
+
+// RFC 6191 §2 (RFC 9293 §3.10.7.4 TIME-WAIT): a SYN whose timestamp is newer
+// than the old incarnation's starts a new connection: it goes to the slow
+// path (the listener) and the entry goes.
+TEST_F(RfcTimeWait, Rfc6191_SynWithNewerTimestampGoesToTheSlowPath) {
+  enter_time_wait();
+  peer_ts_val(kIrs - 100000, 0, SYN, ts_recent + 1);  // a sequence number lower than the old one: the timestamp decides
+  EXPECT_EQ(unmatched_count, 1);
+  expect_silence();
+  EXPECT_EQ(engine->time_wait_entries(), 0u);
+}
+
+// RFC 6191 §2: a SYN with an older timestamp is an old duplicate: the entry
+// stays, and the SYN gets an ACK (RFC 5961 §4 in a synchronized state).
+TEST_F(RfcTimeWait, Rfc6191_SynWithOlderTimestampIsAnsweredWithAnAckAndTimeWaitStays) {
+  enter_time_wait();
+  peer_ts_val(kIrs + 100000, 0, SYN, ts_recent - 1);
+  EXPECT_EQ(unmatched_count, 0);
+  Seg a = next();
+  EXPECT_TRUE(a.has(ACK) && !a.has(SYN) && !a.has(RST));
+  EXPECT_EQ(a.ack, kIrs + 1);
+  EXPECT_EQ(engine->time_wait_entries(), 1u);
+}
+
+// RFC 6191 §2: without a timestamp on the SYN the sequence number decides: it
+// must be greater than the last one seen (the FIN, at RCV.NXT - 1).
+TEST_F(RfcTimeWait, Rfc6191_SynWithoutTimestampNeedsAGreaterSequenceNumber) {
+  enter_time_wait();
+  peer(kIrs, 0, SYN, "", 512, /*with_ts=*/false);  // the FIN's own number: not greater
+  EXPECT_EQ(unmatched_count, 0);
+  EXPECT_TRUE(next().has(ACK));
+  EXPECT_EQ(engine->time_wait_entries(), 1u);
+  peer(kIrs + 1, 0, SYN, "", 512, /*with_ts=*/false);
+  EXPECT_EQ(unmatched_count, 1);
+  EXPECT_EQ(engine->time_wait_entries(), 0u);
+}
+
+// Our own new connection on a 4-tuple in TIME_WAIT (the slow path CONNECTs
+// from the same local port): the peer's SYN-ACK goes to the slow path's
+// handshake, and the offload that follows replaces the entry (it was refused).
+TEST_F(RfcTimeWait, Rfc9293_SynAckOfANewIncarnationReachesTheSlowPathAndItsOffloadReplacesTheEntry) {
+  enter_time_wait();
+  peer_ts_val(90000, 777777, SYN | ACK, peer_ts + 1);
+  EXPECT_EQ(unmatched_count, 1);
+  expect_silence();
+  EXPECT_EQ(engine->time_wait_entries(), 1u) << "until the new connection is offloaded";
+  OffloadState s = default_state(flow);
+  s.delegated.snd_una = s.delegated.snd_nxt = s.delegated.snd_max = 777777;
+  s.delegated.rcv_nxt = 90001;
+  h = offload(s);
+  EXPECT_EQ(engine->time_wait_entries(), 0u);
+  peer_ts_val(90001, 777777, ACK | PSH, peer_ts + 2, "new");
+  EXPECT_EQ(unmatched_count, 1) << "the new connection's segment reaches the engine";
+  EXPECT_EQ(host.indicated, "new");
 }
 
 }  // namespace chimney::test
