@@ -20,6 +20,7 @@ from devices import SUCCESS, ChimneyStream, InThread, skip_backlog_events, targe
 import peer as stream_peer
 
 MiB = 1 << 20
+ACCEPT_S = 90  # a peer started with `ip netns exec` may be slow to start on a loaded machine
 NC = "/usr/bin/nc"  # netcat-openbsd
 CURL = "/usr/bin/curl"
 IPERF3 = "/usr/bin/iperf3"
@@ -62,7 +63,7 @@ def test_nc_server_receives_a_stream_from_a_chimney_connect(target, tmp_path):
     with open(out, "wb") as f:
         nc = target.popen([NC, "-l", target.peer_ip, "7001"], stdout=f, stderr=subprocess.PIPE)
         conn = None
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + ACCEPT_S
         while conn is None:  # nc listens a moment after it starts
             try:
                 conn = t.connect(target.peer_ip, 7001)
@@ -95,7 +96,7 @@ def test_nc_client_sends_a_file_to_a_chimney_listener(target, tmp_path):
     with open(src, "rb") as fin, open(got, "wb") as fout:
         nc = target.popen([NC, "-N", target.target_ip, "7200"], stdin=fin, stdout=fout,
                           stderr=subprocess.PIPE)
-        conn = t.accept(30)
+        conn = t.accept(ACCEPT_S)
         s = ChimneyStream(conn, chunk=MiB, window=4)
         data = s.read_to_eof(60)
         assert len(data) == up and hashlib.sha256(data).hexdigest() == sha(up)
@@ -151,7 +152,7 @@ def test_curl_gets_a_response_served_through_a_chimney_listener(target, tmp_path
                          "-w", "%{http_code} %{size_download} %{num_connects}",
                          f"http://{target.target_ip}:8080/stream/{size}"],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    conn = t.accept(30)
+    conn = t.accept(ACCEPT_S)
     s = ChimneyStream(conn)
     method, path, headers = read_http_request(s)
     assert (method, path) == ("GET", f"/stream/{size}")
@@ -178,7 +179,7 @@ def test_curl_posts_a_body_and_gets_its_hash(target, tmp_path):
                          "-H", "Content-Type: application/octet-stream",
                          f"http://{target.target_ip}:8080/sha256"],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    conn = t.accept(30)
+    conn = t.accept(ACCEPT_S)
     s = ChimneyStream(conn, chunk=MiB)
     method, path, headers = read_http_request(s)
     assert (method, path) == ("POST", "/sha256")
@@ -266,7 +267,7 @@ class DataCounter:
             assert ok and self.bytes == n, f"data connection: {self.bytes} bytes, iperf3 sent {n}"
 
 
-def iperf3_server(t, timeout=30):
+def iperf3_server(t, timeout=ACCEPT_S):
     """Runs one iperf3 test (TCP, one stream, client sending) on accepted
     chimney connections; returns what it saw."""
     ctrl = t.accept(timeout)
@@ -313,7 +314,7 @@ def test_iperf3_client_to_an_iperf3_server_on_a_chimney_listener(target):
     t.listen(5201)
     total = 32 * MiB
     client = target.popen([IPERF3, "-c", target.target_ip, "-p", "5201", "-n", str(total), "-J",
-                           "--repeating-payload", "--connect-timeout", "5000"],
+                           "--repeating-payload", "--connect-timeout", "30000"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     server = InThread(iperf3_server, t)
     out, err = client.communicate(timeout=120)
