@@ -258,7 +258,7 @@ def scripted(argv):
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, opts["--sndbuf"])
         if opts["--local-port"]:
             conn.bind(("0.0.0.0", opts["--local-port"]))
-        conn.settimeout(10)
+        conn.settimeout(30)
         try:
             conn.connect((pos[0], int(pos[1])))
         except OSError as e:

@@ -1,7 +1,9 @@
 """Offloaded connections against the Linux kernel (CONTRACT.md, issue 4's
 done-when): the Python host asks chimneyd to connect to a Linux listener in
 the namespace; the data path runs offloaded; the Linux side's own byte counts
-and hashes are the judge.
+and hashes are the judge, and the wire check (wirecheck.py) judges what went
+over the TAP. Long transfers capture headers only (snaplen): their checksums
+go unverified, everything else is checked.
 """
 
 import hashlib
@@ -13,11 +15,24 @@ from pathlib import Path
 from conftest import PYTHON, LinuxPeer, send_stream
 
 import peer as stream_peer
+import pytest
 
 MiB = 1 << 20
+HEADERS_ONLY = pytest.mark.wire(snaplen=128)
 
 
-def test_connect_send_100MiB_then_graceful_disconnect_with_final_data(target):
+def wait_disconnect(t, conn, timeout=30):
+    """The peer's FIN (C-16) on `conn`: before a terminate, so that the FIN
+    does not arrive after it and meet the slow path's RST."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ev = t.next_event(max(0.1, deadline - time.monotonic()))
+        if ev.kind == "DISCONNECT" and ev.handle == conn.handle:
+            return ev
+
+
+@HEADERS_ONLY
+def test_connect_send_100MiB_then_graceful_disconnect_with_final_data(target, wire):
     t = target.target
     linux = LinuxPeer(target, "sink", 7001)
     conn = t.connect(target.peer_ip, 7001)
@@ -32,7 +47,10 @@ def test_connect_send_100MiB_then_graceful_disconnect_with_final_data(target):
     assert got["end"] == "eof"
     assert got["bytes"] == total + len(final)
     assert got["sha256"] == hashlib.sha256(stream_peer.stream(total + len(final))).hexdigest()
+    wait_disconnect(t, conn)
     conn.terminate()
+    s, = wire.check().stream_list()
+    assert s.bytes_from_target == total + len(final) and s.target_fin_acked and s.peer_fin_acked, s
 
 
 def receive_stream(conn, total, window):
@@ -52,7 +70,8 @@ def receive_stream(conn, total, window):
     return posted
 
 
-def test_receive_100MiB_from_linux_then_its_fin(target):
+@HEADERS_ONLY
+def test_receive_100MiB_from_linux_then_its_fin(target, wire):
     t = target.target
     total = 100 * MiB
     linux = LinuxPeer(target, "source", 7002, total)
@@ -70,9 +89,11 @@ def test_receive_100MiB_from_linux_then_its_fin(target):
     assert d.status == "NDIS_STATUS_SUCCESS"
     assert linux.result()["bytes"] == total
     conn.terminate()
+    s, = wire.check().stream_list()
+    assert s.bytes_from_peer == total and s.target_fin_acked and s.peer_fin_acked, s
 
 
-def test_abortive_disconnect_with_4MiB_outstanding_to_a_stalled_reader(target):
+def test_abortive_disconnect_with_4MiB_outstanding_to_a_stalled_reader(target, wire):
     t = target.target
     linux = LinuxPeer(target, "stall", 7003)
     conn = t.connect(target.peer_ip, 7003)
@@ -85,9 +106,12 @@ def test_abortive_disconnect_with_4MiB_outstanding_to_a_stalled_reader(target):
     assert "NDIS_STATUS_SUCCESS" not in statuses[statuses.index("NDIS_STATUS_REQUEST_ABORTED"):]
     assert linux.result()["end"] == "reset"  # the Linux side got ECONNRESET
     conn.terminate()
+    # C-13: the RST is ours to send here, a FIN is not.
+    s, = wire.check(allow_rst_from_target=True, allow_fin_from_target=False).stream_list()
+    assert len(s.rsts_from_target) == 1, s
 
 
-def test_terminate_during_a_pending_graceful_disconnect(target):
+def test_terminate_during_a_pending_graceful_disconnect(target, wire):
     t = target.target
     linux = LinuxPeer(target, "stall", 7004)
     conn = t.connect(target.peer_ip, 7004)
@@ -108,6 +132,11 @@ def test_terminate_during_a_pending_graceful_disconnect(target):
     first = statuses.index(returned[0])
     assert all(c.status == "NDIS_STATUS_UPLOAD_IN_PROGRESS" for c in statuses[first:]), "in order"
     linux.proc.kill()
+    linux.proc.wait(10)
+    # Uploaded to a host without a stack: whatever Linux still sends (the
+    # answer to a last window probe) meets the slow path's RST (RFC 9293
+    # §3.10.7.1); the Linux side resets the connection when it dies.
+    wire.check(allow_rst_from_target=True)
 
 
 def serve_one(t, conn, expect_in, reply_bytes):
@@ -122,7 +151,7 @@ def serve_one(t, conn, expect_in, reply_bytes):
     return d
 
 
-def test_linux_client_to_a_chimney_listener(target):
+def test_linux_client_to_a_chimney_listener(target, wire):
     t = target.target
     t.listen(7100)
     total = 16 * MiB
@@ -138,9 +167,11 @@ def test_linux_client_to_a_chimney_listener(target):
     assert got["sha256"] == hashlib.sha256(stream_peer.stream(8 * MiB)).hexdigest()
     conn.terminate()
     t.release_listen(7100)
+    s, = wire.check().stream_list()
+    assert s.syn_from == "peer" and s.target_fin_acked and s.peer_fin_acked, s
 
 
-def test_listener_beyond_its_backlog_answers_with_syn_cookies(target):
+def test_listener_beyond_its_backlog_answers_with_syn_cookies(target, wire):
     # Backlog 1 and eight clients at once: the rest get cookies (RFC 4987)
     # and every connection still works end to end.
     t = target.target
@@ -164,9 +195,11 @@ def test_listener_beyond_its_backlog_answers_with_syn_cookies(target):
     for conn in conns:
         conn.terminate()
     t.release_listen(7101)
+    streams = wire.check().stream_list()
+    assert len(streams) == n and all(s.target_fin_acked and s.peer_fin_acked for s in streams)
 
 
-def test_terminate_then_offload_the_state_again(target):
+def test_terminate_then_offload_the_state_again(target, wire):
     # A host takes a connection back (terminate, C-21) and hands it over again
     # (offload, C-1..C-3) as a dict: the Linux peer sees one unbroken stream.
     t = target.target
@@ -189,4 +222,7 @@ def test_terminate_then_offload_the_state_again(target):
     got = linux.result()
     assert got["bytes"] == first + second and got["end"] == "eof"
     assert got["sha256"] == hashlib.sha256(stream_peer.stream(first + second)).hexdigest()
+    wait_disconnect(t, again)
     again.terminate()
+    s, = wire.check().stream_list()  # one connection, no RST: the upload left no trace on the wire
+    assert s.bytes_from_target == first + second, s
