@@ -1,23 +1,25 @@
 """Shared pieces of the tests that run on every device kind (test_devices.py,
 test_real_peers.py).
 
-`target` is a pytest fixture parametrized over DEVICES: each test gets a
-chimneyd of its own, in a namespace of its own, on
+Each module defines a `target` fixture parametrized over DEVICES (named so
+that conftest attaches chimneyd's log to a failure):
+
+    @pytest.fixture(params=DEVICES)
+    def target(request, chimneyd, tmp_path):
+        with target_on(request.param, chimneyd, tmp_path) as t:
+            yield t
+
+so that each test gets a chimneyd of its own, in a namespace of its own, on
 
   tap          chimneyd's own net_tap port; the Linux kernel sees its TAP;
   virtio_user  a virtio-user port whose vhost-user backend is dpdk-testpmd in
                io mode bridging net_vhost to a TAP in the namespace
                (chimney.testing.VhostUserForwarder), so the Linux kernel is
                still the peer.
-
-Import it into a test module (`from devices import target`) to use it; it is
-named `target` so that conftest attaches chimneyd's log to a failure.
 """
 
 import collections
 import threading
-
-import pytest
 
 from conftest import start_target
 
@@ -26,11 +28,10 @@ SUCCESS = "NDIS_STATUS_SUCCESS"
 INVALID_STATE = "NDIS_STATUS_INVALID_STATE"
 
 
-@pytest.fixture(params=DEVICES)
-def target(request, chimneyd, tmp_path):
-    """A chimneyd of this test's own on the device named by the parameter."""
-    with start_target(chimneyd, tmp_path, device=request.param) as t:
-        yield t
+def target_on(device, chimneyd, tmp_path):
+    """A chimneyd of a test's own on `device`: a context manager yielding
+    chimney.testing.Target (what the modules' `target` fixtures yield)."""
+    return start_target(chimneyd, tmp_path, device=device)
 
 
 def skip_backlog_events(t, timeout=30):

@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, LinuxPeer, send_stream
-from devices import InThread, skip_backlog_events, target  # noqa: F401 (target: the fixture)
+from devices import DEVICES, InThread, skip_backlog_events, target_on
+
+from chimney.client import ChimneyError
 
 import peer as stream_peer
 
@@ -30,6 +32,13 @@ MiB = 1 << 20
 ACCEPT_S = 90  # a peer started with `ip netns exec` may be slow to start on a loaded machine
 HERE = Path(__file__).parent
 PEER_PORT = 7001
+
+
+@pytest.fixture(params=DEVICES)
+def target(request, chimneyd, tmp_path):
+    """A chimneyd of this test's own on each device (devices.py)."""
+    with target_on(request.param, chimneyd, tmp_path) as t:
+        yield t
 
 
 def sha(n, offset=0):
@@ -59,9 +68,9 @@ def test_arp_both_ways_and_ping(target):
     # chimney resolves the peer itself (its ARP request) before its SYN; the
     # closed port answers RST, so the CONNECT is refused.
     t = target.target
-    with pytest.raises(Exception) as refused:
+    with pytest.raises(ChimneyError) as refused:
         t.connect(target.peer_ip, 7999)
-    assert getattr(refused.value, "status", None) == "NDIS_STATUS_REQUEST_ABORTED", refused.value
+    assert refused.value.status == "NDIS_STATUS_REQUEST_ABORTED", refused.value
     port = target.port(0)
     assert port["arp_requests"] >= 1, port
     # The kernel learnt chimney's MAC from that request, and answers pings.

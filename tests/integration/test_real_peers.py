@@ -12,10 +12,13 @@ import struct
 import subprocess
 import threading
 import time
-from pathlib import Path
+
+import pytest
 
 from conftest import send_stream
-from devices import SUCCESS, ChimneyStream, InThread, skip_backlog_events, target  # noqa: F401
+from devices import DEVICES, SUCCESS, ChimneyStream, InThread, skip_backlog_events, target_on
+
+from chimney.client import ChimneyError
 
 import peer as stream_peer
 
@@ -24,6 +27,13 @@ ACCEPT_S = 90  # a peer started with `ip netns exec` may be slow to start on a l
 NC = "/usr/bin/nc"  # netcat-openbsd
 CURL = "/usr/bin/curl"
 IPERF3 = "/usr/bin/iperf3"
+
+
+@pytest.fixture(params=DEVICES)
+def target(request, chimneyd, tmp_path):
+    """A chimneyd of this test's own on each device (devices.py)."""
+    with target_on(request.param, chimneyd, tmp_path) as t:
+        yield t
 
 
 def sha(n, offset=0):
@@ -67,8 +77,8 @@ def test_nc_server_receives_a_stream_from_a_chimney_connect(target, tmp_path):
         while conn is None:  # nc listens a moment after it starts
             try:
                 conn = t.connect(target.peer_ip, 7001)
-            except Exception as e:
-                if getattr(e, "status", None) != "NDIS_STATUS_REQUEST_ABORTED" or time.monotonic() > deadline:
+            except ChimneyError as e:  # refused (RST) until nc listens
+                if e.status != "NDIS_STATUS_REQUEST_ABORTED" or time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
         send_stream(conn, total)
