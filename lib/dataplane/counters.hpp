@@ -11,6 +11,7 @@
 #include "net/counter.hpp"
 #include "net/drop_reason.hpp"
 #include "net/impair.hpp"
+#include "tcp/stats.hpp"
 
 namespace chimney::dataplane {
 
@@ -31,6 +32,9 @@ struct alignas(RTE_CACHE_LINE_SIZE) Counters {
   // The impairment stage (--impair-rx / --impair-tx), when there is one.
   net::ImpairStats impair_rx;
   net::ImpairStats impair_tx;
+  // A copy of the worker's engine counters (tcp::EngineStats), published
+  // every few milliseconds, for telemetry.
+  std::array<Counter, tcp::EngineStats::kCount> engine;
 
   void drop(net::DropReason r) { drops[static_cast<size_t>(r)].add(); }
 };

@@ -99,6 +99,20 @@ int cmd_port(const char*, const char* params, rte_tel_data* d) {
   return 0;
 }
 
+int cmd_engine(const char*, const char* params, rte_tel_data* d) {
+  std::lock_guard lock(g_mutex);
+  if (g_dp == nullptr) return -EAGAIN;
+  long p = parse_index(params);
+  if (p < 0 || static_cast<size_t>(p) >= g_dp->ports.size()) return -EINVAL;
+  rte_tel_data_start_dict(d);
+  for (size_t i = 0; i < tcp::EngineStats::kCount; ++i) {
+    uint64_t sum = 0;
+    for (size_t s = 1; s < g_dp->slots(); ++s) sum += g_dp->at(s, static_cast<size_t>(p)).engine[i].get();
+    rte_tel_data_add_dict_u64(d, tcp::EngineStats::kNames[i], sum);
+  }
+  return 0;
+}
+
 int cmd_lcores(const char*, const char*, rte_tel_data* d) {
   std::lock_guard lock(g_mutex);
   if (g_dp == nullptr) return -EAGAIN;
@@ -153,6 +167,8 @@ void register_telemetry() {
   rte_telemetry_register_cmd("/chimney/ports", cmd_ports, "Lists port indexes. Takes no parameters");
   rte_telemetry_register_cmd("/chimney/port", cmd_port,
                              "Counters of one port. Parameters: int port index");
+  rte_telemetry_register_cmd("/chimney/engine", cmd_engine,
+                             "The TCP engines' counters of a port, summed over workers. Parameter: port index");
   rte_telemetry_register_cmd("/chimney/lcores", cmd_lcores,
                              "Lists the lcores (main first). Takes no parameters");
   rte_telemetry_register_cmd("/chimney/lcore", cmd_lcore,

@@ -238,6 +238,7 @@ int worker_main(void* arg) {
   std::array<void*, 64> ops{};
   IdleBackoff idle(dp.cfg.idle_sleep_us);
   const uint64_t cycles_per_us = rte_get_tsc_hz() / 1'000'000 == 0 ? 1 : rte_get_tsc_hz() / 1'000'000;
+  uint64_t next_publish_us = 0;
 
   while (!dp.stop.load(std::memory_order_relaxed)) {
     unsigned work = 0;
@@ -297,6 +298,14 @@ int worker_main(void* arg) {
     for (unsigned i = 0; i < n_out; ++i) tx[dp.port_index[slow[i]->port]].push(slow[i]);
     work += n_out;
     for (auto& q : tx) q.flush();
+    if (now_us >= next_publish_us) {  // engine counters for telemetry
+      next_publish_us = now_us + 10'000;
+      for (size_t p = 0; p < dp.ports.size(); ++p) {
+        const uint64_t* v = engines[p]->stats().values();
+        auto& out = dp.at(ctx.slot, p).engine;
+        for (size_t i = 0; i < out.size(); ++i) out[i].set(v[i]);
+      }
+    }
     idle.update(work);
   }
   engines.clear();  // buffers the engines hold go back before the pools do

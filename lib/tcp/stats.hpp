@@ -2,6 +2,7 @@
 // dropped or answered as they were (RFC 9293, RFC 5961, RFC 7323).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace chimney::tcp {
@@ -22,6 +23,20 @@ struct EngineStats {
 #define CHIMNEY_X(name) uint64_t name = 0;
   CHIMNEY_ENGINE_COUNTERS(CHIMNEY_X)
 #undef CHIMNEY_X
+
+  // The counters in declaration order, with their names (telemetry).
+  static constexpr size_t kCount = 0
+#define CHIMNEY_X(name) +1
+      CHIMNEY_ENGINE_COUNTERS(CHIMNEY_X)
+#undef CHIMNEY_X
+      ;
+  static constexpr const char* kNames[kCount] = {
+#define CHIMNEY_X(name) #name,
+      CHIMNEY_ENGINE_COUNTERS(CHIMNEY_X)
+#undef CHIMNEY_X
+  };
+  const uint64_t* values() const { return &segments_in; }
 };
+static_assert(sizeof(EngineStats) == EngineStats::kCount * sizeof(uint64_t), "plain array of counters");
 
 }  // namespace chimney::tcp
