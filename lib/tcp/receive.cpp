@@ -125,6 +125,13 @@ void Engine::process_data(Tcb& c, rte_mbuf* m, uint32_t seq, uint32_t len, bool 
   if (seq != c.rcv.nxt) {
     // Out of order: keep it, and ACK at once (RFC 5681 §4.2, RFC 2018).
     if (len != 0) ooo_insert(c, m, seq, len);
+    if (fin) {
+      // RFC 9293 §3.10.7.4 (eighth): a FIN counts only in sequence; keep its
+      // place so that it does when the hole fills, rather than waiting for
+      // the peer to retransmit it.
+      c.flags.fin_out_of_order = true;
+      c.rcv.fin_seq = seq + len;
+    }
     c.flags.ack_now = true;
     mark_output(c);
     return;
@@ -141,8 +148,11 @@ void Engine::process_data(Tcb& c, rte_mbuf* m, uint32_t seq, uint32_t len, bool 
   // RFC 5681 §4.2: ACK at once when a hole is filled.
   if (had_ooo) c.flags.ack_now = true;
 
-  if (fin && c.ooo == nullptr && seq + len == c.rcv.nxt) {
-    // Eighth: the FIN (RFC 9293 §3.10.7.4).
+  const bool fin_reached = c.flags.fin_out_of_order && c.ooo == nullptr && c.rcv.nxt == c.rcv.fin_seq;
+  if ((fin && c.ooo == nullptr && seq + len == c.rcv.nxt) || fin_reached) {
+    // Eighth: the FIN (RFC 9293 §3.10.7.4), with this segment or kept from
+    // one beyond the hole this segment filled.
+    c.flags.fin_out_of_order = false;
     c.rcv.fin_seq = c.rcv.nxt;
     c.rcv.nxt += 1;
     c.flags.fin_received = true;

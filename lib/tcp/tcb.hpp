@@ -91,6 +91,7 @@ struct alignas(RTE_CACHE_LINE_SIZE) Tcb {
     bool listed_output : 1;    // on the engine's output list
     bool closed : 1;           // CLOSED or TIME_WAIT: state released, awaiting terminate (C-19, C-20)
     bool sws_override : 1;     // the SWS override timeout fired: send a small segment (RFC 9293 §3.8.6.2.1)
+    bool fin_out_of_order : 1; // the peer's FIN came beyond a hole; rcv.fin_seq holds its place
   } flags;
 
   // ---------------- cache line 1: receiver, RTT ------------------------------

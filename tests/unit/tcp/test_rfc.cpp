@@ -414,6 +414,40 @@ TEST_F(Rfc, Rfc9293_LostPeerFinRetransmittedAfterOutOfOrderData) {
   EXPECT_EQ(state(), TcpState::close_wait);
 }
 
+// RFC 9293 §3.10.7.4 (eighth): the FIN of a segment beyond a hole is not
+// forgotten: when the retransmission fills the hole, the data and the FIN
+// are taken together (one ACK for both, DISCONNECT after the data, C-16),
+// without waiting for the peer to retransmit its FIN.
+TEST_F(Rfc, Rfc9293_OutOfOrderFinIsTakenWhenTheHoleFills) {
+  offload_default();
+  peer(kIrs + 4, kIss, ACK | FIN, "bbbb");
+  EXPECT_EQ(next().ack, kIrs);
+  EXPECT_EQ(state(), TcpState::established);
+  peer(kIrs, kIss, ACK, "aaaa");
+  Seg a = next();
+  EXPECT_EQ(a.ack, kIrs + 9) << "the data and the FIN";
+  EXPECT_EQ(host.indicated, "aaaabbbb");
+  EXPECT_EQ(events(EventKind::disconnect), 1);
+  EXPECT_EQ(state(), TcpState::close_wait);
+  peer(kIrs + 4, kIss, ACK | FIN, "bbbb");  // a late retransmission changes nothing
+  EXPECT_EQ(next().ack, kIrs + 9);
+  EXPECT_EQ(host.indicated, "aaaabbbb");
+  EXPECT_EQ(events(EventKind::disconnect), 1);
+}
+
+// Same with a bare FIN beyond the hole, after out-of-order data.
+TEST_F(Rfc, Rfc9293_OutOfOrderBareFinIsTakenWhenTheHoleFills) {
+  offload_default();
+  peer(kIrs + 4, kIss, ACK, "bbbb");
+  peer(kIrs + 8, kIss, ACK | FIN);
+  drain();
+  EXPECT_EQ(events(EventKind::disconnect), 0);
+  peer(kIrs, kIss, ACK, "aaaa");
+  EXPECT_EQ(next().ack, kIrs + 9);
+  EXPECT_EQ(events(EventKind::disconnect), 1);
+  EXPECT_EQ(state(), TcpState::close_wait);
+}
+
 // Same with the FIN segment itself lost, and data out of order before it.
 TEST_F(Rfc, Rfc9293_LostPeerFinAloneIsProcessedWhenRetransmitted) {
   offload_default();
