@@ -32,11 +32,11 @@ from pathlib import Path
 
 import pytest
 
-from attack import ACK, MOD, PSH, RST, SYN, Duplex, FakePeer, Flow, Host, Wire, seq_add
+from attack import ACK, FIN, MOD, PSH, RST, SYN, Duplex, FakePeer, Flow, Host, Wire, seq_add
 from conftest import PYTHON
 
 import peer as stream_peer
-from scapy.all import IP, TCP, Ether, IPOption, fragment
+from scapy.all import ICMP, IP, TCP, Ether, IPerror, IPOption, TCPerror, fragment
 
 EVIL = b"EVIL" * 25          # what the attacker tries to slip into a stream
 HERE = Path(__file__).resolve().parent
@@ -238,6 +238,7 @@ DATA_CASES = {
     "beyond_receive_window": (lambda st: st.snd_max, lambda st: st.rcv_nxt + st.rcv_wnd + 100, PSH | ACK, True),
     "old_duplicate": (lambda st: st.snd_max, lambda st: st.rcv_nxt - 500, PSH | ACK, True),
     "no_ack_bit": (lambda st: 0, lambda st: st.rcv_nxt, PSH, False),
+    "fin_acking_data_never_sent": (lambda st: st.snd_max + 1000, lambda st: st.rcv_nxt, FIN | ACK, True),
 }
 
 
@@ -249,17 +250,19 @@ def test_blind_data_injection(scene, case):
     gets an ACK and is dropped (first check); a segment without ACK is
     dropped silently (fifth check). In every case RCV.NXT stays where it was
     and the host never sees the bytes: the peer's real bytes at the same
-    sequence numbers arrive afterwards and the stream hashes right."""
+    sequence numbers arrive afterwards and the stream hashes right (and an
+    injected FIN with such an ACK ends nothing: no DISCONNECT, C-16)."""
     v, flow, st = scene.victim()
     ack, seq, flags, reply = DATA_CASES[case]
     mark = scene.wire.mark()
     scene.wire.send(flow.segment(seq=seq(st), ack=ack(st), flags=flags, win=st.peer_win, ts=st.ts(),
-                                 payload=EVIL))
+                                 payload=b"" if flags & FIN else EVIL))
     if reply:
         expect_ack(scene.wire, flow, mark, st)
     else:
         expect_silence(scene.wire, flow, mark)
     assert len(v.received) == 1000, "injected bytes reached the host"
+    assert not scene.host.events_of(v.conn, ("DISCONNECT", "ABORT")), "an injected FIN or RST was taken"
     v.peer_send(4000)  # the real bytes at the sequence numbers the attacker used
     v.wait_received(5000)
     scene.finish()
@@ -367,7 +370,16 @@ def test_malformed_segment_on_live_connection(scene, case):
     host never sees its bytes."""
     v, flow, st = scene.victim()
     reason, build = MALFORMED[case]
-    frames = build(flow, st)
+    expect_dropped(scene, flow, build(flow, st), reason)
+    assert len(v.received) == 1000, "a malformed segment reached the host"
+    v.peer_send(4000)
+    v.wait_received(5000)
+    scene.finish()
+
+
+def expect_dropped(scene, flow, frames, reason):
+    """The frames are dropped and counted under `reason` (and nothing else),
+    and chimneyd sends nothing on the connection in answer."""
     before = scene.drops()
     mark = scene.wire.mark()
     scene.wire.send(*frames)
@@ -376,9 +388,39 @@ def test_malformed_segment_on_live_connection(scene, case):
     moved = {r: after[r] - before[r] for r in after if r != reason and after[r] != before[r]}
     assert not moved, f"other drop reasons moved: {moved}"
     expect_silence(scene.wire, flow, mark, 0.3)
-    assert len(v.received) == 1000, "a malformed segment reached the host"
-    v.peer_send(4000)
-    v.wait_received(5000)
+
+
+ICMP_ERRORS = {
+    # name: (type, code, extra ICMP fields); all quote the victim's segment
+    "port_unreachable": (3, 3, {}),               # RFC 5927 §5.2: a "hard error", the blind reset
+    "protocol_unreachable": (3, 2, {}),
+    "fragmentation_needed_mtu_68": (3, 4, {"nexthopmtu": 68}),   # RFC 5927 §7: the PMTUD attack
+    "source_quench": (4, 0, {}),                  # RFC 6633: deprecated, never acted on
+}
+
+
+@pytest.mark.parametrize("case", list(ICMP_ERRORS))
+def test_icmp_errors_about_the_connection(scene, case):
+    """RFC 5927 (ICMP attacks against TCP): ICMP errors that quote the
+    victim's 4-tuple and a sequence number in flight could reset the
+    connection (§5.2) or shrink its segments to 68-byte MTUs (§7). chimney
+    answers only echo requests (docs/ARCHITECTURE.md): every other ICMP
+    message is dropped and counted (icmp_unsupported), and the connection
+    keeps its segment size and carries on."""
+    v, flow, st = scene.victim()
+    itype, code, extra = ICMP_ERRORS[case]
+    quoted = IPerror(src=flow.local_ip, dst=flow.remote_ip, flags="DF") / \
+        TCPerror(sport=flow.local_port, dport=flow.remote_port, seq=st.snd_una, ack=st.rcv_nxt, flags="A")
+    frame = Ether(src=flow.remote_mac, dst=scene.target.mac) / \
+        IP(src=flow.remote_ip, dst=flow.local_ip) / ICMP(type=itype, code=code, **extra) / quoted
+    expect_dropped(scene, flow, [frame], "icmp_unsupported")
+    mark = scene.wire.mark()
+    v.send(20000)
+    v.peer_send(1000)
+    v.wait_sends()
+    sizes = [s.plen for s in flow.segments(mark) if s.from_target and s.plen]
+    assert max(sizes) == 1448, f"segments shrank: {sizes}"
+    assert not scene.host.events_of(v.conn)
     scene.finish()
 
 
@@ -733,6 +775,10 @@ def _barrage_frame(case, flow, wscale, rng):
     if case == "ack_of_data_never_sent":
         return flow.segment(seq=rcv_nxt, ack=snd_nxt + (1 << 24) + rng.randrange(1 << 20), flags=ACK,
                             win=inb.win, ts=ts)
+    if case == "sack_for_data_in_flight":
+        # Claims everything but the first segment in flight arrived (RFC 2018).
+        return flow.segment(seq=rcv_nxt, ack=una, flags=ACK, win=inb.win, options=[("SAck", (una + 1448, snd_nxt))],
+                            ts=ts)
     if case == "zero_window_ack":
         return flow.segment(seq=rcv_nxt, ack=una, flags=ACK, win=0, ts=ts)
     if case == "data_with_old_timestamp":
@@ -750,6 +796,7 @@ BARRAGE = {
     "rst_out_of_window": "none",
     "syn_in_window": "some",
     "ack_of_data_never_sent": "some",
+    "sack_for_data_in_flight": None,   # may start a recovery: not counted
     "zero_window_ack": None,   # persist probes may follow: not counted
     "data_with_old_timestamp": "some",
     "data_acking_unsent": "some",
@@ -764,7 +811,8 @@ def test_barrage_at_busy_connection(fresh_target, case):
     get challenge ACKs, out-of-window RSTs are dropped silently; §5.2 ACKs of
     data never sent are answered and ignored; RFC 7323 §5.3 PAWS drops old
     data; a spoofed zero-window ACK only pauses the sender until the peer's
-    next ACK, RFC 9293 §3.10.7.4). Afterwards the peer sends too, and both
+    next ACK, RFC 9293 §3.10.7.4; forged SACK blocks for data in flight,
+    RFC 2018 §8 / RFC 6675, at most start a needless recovery). Afterwards the peer sends too, and both
     directions arrive whole: nothing injected reached the host, no send
     completed on a forged ACK, no abort."""
     with staged(fresh_target, peer_pacing=False) as scene:
