@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -698,7 +699,7 @@ def test_offload_again_in_a_fin_state_with_unsent_data(target, wire, opened, sta
 # The same 4-tuple again after chimney closed (RFC 9293 §3.10.7.4, RFC 6191).
 
 def exchange(o, nbytes=256 * KiB):
-    """Data both ways on an open connection, then a close by `first`."""
+    """256 KiB each way on an open connection; returns the host's Receiver."""
     conn, linux = o.conn, o.linux
     linux.cmd(f"send-bg {nbytes}")
     rx = Receiver(conn)
@@ -710,6 +711,7 @@ def exchange(o, nbytes=256 * KiB):
 
 
 def close(o, rx, chimney_first):
+    """Both FINs, ours first or the peer's; returns the terminated state."""
     t, conn, linux = o.t, o.conn, o.linux
     if chimney_first:
         assert conn.disconnect(graceful=True).wait(30).status == SUCCESS
@@ -755,14 +757,11 @@ def test_same_four_tuple_again(target, wire, opened, reopen_by, chimney_first):
                 t.listen(port)
             linux = LinuxCtl(target, "ctl-connect", target.target_ip, port, "--local-port", local, expect="json")
             assert linux.first["event"] == "connected", (round_, linux.first)
-            o = type("O", (), {})()
-            o.t, o.linux, o.conn = t, linux, t.accept(30)
+            o = SimpleNamespace(t=t, linux=linux, conn=t.accept(30))
             assert o.conn.remote_port == local
         else:
             linux = LinuxCtl(target, "ctl", port)
-            o = type("O", (), {})()
-            o.t, o.linux = t, linux
-            o.conn = t.connect(target.peer_ip, port, local_port=local, timeout=15)
+            o = SimpleNamespace(t=t, linux=linux, conn=t.connect(target.peer_ip, port, local_port=local, timeout=15))
             assert linux.accepted()["peer_port"] == local
         rx = exchange(o)
         states.append(close(o, rx, chimney_first)["state"])
