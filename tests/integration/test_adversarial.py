@@ -12,8 +12,10 @@ attacker would: from the segments it sniffs.
 
 For each attack the test checks the reaction the RFCs ask for where the wire
 or the host can see it (a challenge ACK with SEQ = SND.NXT and ACK = RCV.NXT,
-silence, an ABORT event, a drop counter), and that injected bytes never reach
-the host. Every test ends with scene.finish(): the legitimate transfer (and
+silence, an ABORT event, a drop counter in /chimney/drops), the engine
+counter that names the reason (/chimney/engine: rst_in_challenged,
+drop_paws, drop_ack_unsent, ...), and that injected bytes never reach the
+host. Every test ends with scene.finish(): the legitimate transfer (and
 the victim's, where it survives) completes with the right byte counts and
 sha256 on both sides, every host request completed exactly once, no ABORT or
 RETRIEVE reached the host for a connection that was not meant to end, and
@@ -134,6 +136,25 @@ def expect_silence(wire, flow, mark, wait=0.5):
     assert not replies, f"chimneyd answered: {replies}"
 
 
+def engine(target):
+    """The TCP engine's counters of port 0 (lib/tcp/stats.hpp), /chimney/engine."""
+    return target.telemetry("/chimney/engine,0")
+
+
+def expect_counted(target, before, counter, others=(), timeout=2.0):
+    """`counter` of the engine moved (the workers publish every 10 ms) and
+    none of `others` did: the reaction had the reason the RFC gives."""
+    deadline = time.monotonic() + timeout
+    while True:
+        after = engine(target)
+        if after[counter] > before[counter] or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert after[counter] > before[counter], f"{counter} did not move"
+    moved = {o: after[o] - before[o] for o in others if after[o] != before[o]}
+    assert not moved, f"counted otherwise too: {moved}"
+
+
 def wait_drops(target, before, reason, n, timeout=3.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -173,9 +194,13 @@ def test_blind_rst(scene, case):
     elif offset == "wnd+1000":
         offset = st.rcv_wnd + 1000
     bits = RST | (ACK if flags == "RA" else 0)
+    before = engine(scene.target)
     mark = scene.wire.mark()
     scene.wire.send(flow.segment(seq=seq_add(st.rcv_nxt, offset), ack=st.snd_max, flags=bits, win=0,
                                  ts=st.ts()))
+    rst_counters = {"challenge": "rst_in_challenged", "drop": "rst_in_ignored", "abort": "rst_in_accepted"}
+    expect_counted(scene.target, before, rst_counters[reaction],
+                   [c for r, c in rst_counters.items() if r != reaction])
     if reaction == "challenge":
         expect_ack(scene.wire, flow, mark, st)
     elif reaction == "drop":
@@ -217,10 +242,16 @@ def test_syn_on_established_connection(scene, where):
     v, flow, st = scene.victim()
     seq = {"at_rcv_nxt": st.rcv_nxt, "in_window": st.rcv_nxt + st.rcv_wnd // 2,
            "below_window": st.rcv_nxt - 5000, "beyond_window": st.rcv_nxt + st.rcv_wnd + 5000}[where]
+    before = engine(scene.target)
     mark = scene.wire.mark()
     scene.wire.send(flow.segment(seq=seq, flags=SYN, win=65535, ts=st.ts(),
                                  options=[("MSS", 1460), ("WScale", 7), ("SAckOK", b"")]))
     expect_ack(scene.wire, flow, mark, st)
+    # In the window: the challenge ACK of §4.2; outside it the first check of
+    # RFC 9293 §3.10.7.4 answers with the same ACK before the SYN is looked at.
+    in_window = where in ("at_rcv_nxt", "in_window")
+    expect_counted(scene.target, before, "syn_in_challenged" if in_window else "drop_out_of_window",
+                   ["rst_in_accepted"])
     assert not scene.host.events_of(v.conn)
     v.peer_send(3000)
     v.send(3000)
@@ -231,14 +262,19 @@ def test_syn_on_established_connection(scene, where):
 # data with an unacceptable ACK, out of window, or without ACK (RFC 5961 §5)
 
 DATA_CASES = {
-    # name: (ack(st), seq(st), flags, reply expected)
-    "ack_of_data_never_sent": (lambda st: st.snd_max + 1000, lambda st: st.rcv_nxt, PSH | ACK, True),
-    "ack_far_beyond_snd_nxt": (lambda st: st.snd_max + (1 << 30), lambda st: st.rcv_nxt, PSH | ACK, True),
-    "ack_older_than_max_window": (lambda st: st.snd_una - (1 << 30), lambda st: st.rcv_nxt, PSH | ACK, True),
-    "beyond_receive_window": (lambda st: st.snd_max, lambda st: st.rcv_nxt + st.rcv_wnd + 100, PSH | ACK, True),
-    "old_duplicate": (lambda st: st.snd_max, lambda st: st.rcv_nxt - 500, PSH | ACK, True),
-    "no_ack_bit": (lambda st: 0, lambda st: st.rcv_nxt, PSH, False),
-    "fin_acking_data_never_sent": (lambda st: st.snd_max + 1000, lambda st: st.rcv_nxt, FIN | ACK, True),
+    # name: (ack(st), seq(st), flags, reply expected, engine counter)
+    "ack_of_data_never_sent": (lambda st: st.snd_max + 1000, lambda st: st.rcv_nxt, PSH | ACK, True,
+                               "drop_ack_unsent"),
+    "ack_far_beyond_snd_nxt": (lambda st: st.snd_max + (1 << 30), lambda st: st.rcv_nxt, PSH | ACK, True,
+                               "drop_ack_unsent"),
+    "ack_older_than_max_window": (lambda st: st.snd_una - (1 << 30), lambda st: st.rcv_nxt, PSH | ACK, True,
+                                  "drop_old_ack"),
+    "beyond_receive_window": (lambda st: st.snd_max, lambda st: st.rcv_nxt + st.rcv_wnd + 100, PSH | ACK, True,
+                              "drop_out_of_window"),
+    "old_duplicate": (lambda st: st.snd_max, lambda st: st.rcv_nxt - 500, PSH | ACK, True, "drop_out_of_window"),
+    "no_ack_bit": (lambda st: 0, lambda st: st.rcv_nxt, PSH, False, "drop_no_ack_flag"),
+    "fin_acking_data_never_sent": (lambda st: st.snd_max + 1000, lambda st: st.rcv_nxt, FIN | ACK, True,
+                                   "drop_ack_unsent"),
 }
 
 
@@ -253,7 +289,8 @@ def test_blind_data_injection(scene, case):
     sequence numbers arrive afterwards and the stream hashes right (and an
     injected FIN with such an ACK ends nothing: no DISCONNECT, C-16)."""
     v, flow, st = scene.victim()
-    ack, seq, flags, reply = DATA_CASES[case]
+    ack, seq, flags, reply, counter = DATA_CASES[case]
+    before = engine(scene.target)
     mark = scene.wire.mark()
     scene.wire.send(flow.segment(seq=seq(st), ack=ack(st), flags=flags, win=st.peer_win, ts=st.ts(),
                                  payload=b"" if flags & FIN else EVIL))
@@ -261,6 +298,7 @@ def test_blind_data_injection(scene, case):
         expect_ack(scene.wire, flow, mark, st)
     else:
         expect_silence(scene.wire, flow, mark)
+    expect_counted(scene.target, before, counter)
     assert len(v.received) == 1000, "injected bytes reached the host"
     assert not scene.host.events_of(v.conn, ("DISCONNECT", "ABORT")), "an injected FIN or RST was taken"
     v.peer_send(4000)  # the real bytes at the sequence numbers the attacker used
@@ -279,10 +317,12 @@ def test_paws_old_timestamp(scene, age):
     and ACK are exactly right; its bytes never reach the host."""
     v, flow, st = scene.victim()
     assert st.peer_tsval is not None, "the connection negotiated timestamps"
+    before = engine(scene.target)
     mark = scene.wire.mark()
     scene.wire.send(flow.segment(seq=st.rcv_nxt, ack=st.snd_max, flags=PSH | ACK, win=st.peer_win,
                                  ts=st.ts(age), payload=EVIL))
     expect_ack(scene.wire, flow, mark, st)
+    expect_counted(scene.target, before, "drop_paws")
     assert len(v.received) == 1000, "a PAWS-failed segment reached the host"
     v.peer_send(4000)
     v.wait_received(5000)
@@ -468,6 +508,7 @@ def test_zero_window_forever(scene, max_persist_probes):
     cached max_persist_probes counts unanswered probes only, C-18), and
     when it reads again every byte the host sent arrives, in order."""
     v, flow, st = scene.victim(port=7003, stall_reading=True, max_persist_probes=max_persist_probes)
+    before = engine(scene.target)
     v.send(8 << 20)
     closed = scene.wire.wait_for(lambda s: flow.inbound(s) and s.win == 0, 20)
     assert closed is not None, "the peer's window never closed"
@@ -489,6 +530,7 @@ def test_zero_window_forever(scene, max_persist_probes):
         assert g1 >= 1.5 * g0, f"no exponential backoff: intervals {gaps}"
     answers = [s for s in flow.segments(mark) if not s.from_target and s.win == 0 and s.ack == una]
     assert len(answers) >= len(probes) - 1, "the peer answers every probe"
+    assert engine(scene.target)["window_probes"] - before["window_probes"] >= len(probes)
     assert not scene.host.events_of(v.conn), "the connection was given up while the peer answers"
     assert not any(r.done() and r.completion.status != "NDIS_STATUS_SUCCESS" for r in scene.host.requests)
     v.command("read")
@@ -518,10 +560,12 @@ def test_window_shrunk_to_zero_with_data_in_flight(scene):
     send = scene.host.track(conn.send(data))
     first = scene.wire.wait_for(lambda s: flow.out(s) and s.plen, 3)
     assert first is not None
+    before = engine(scene.target)
     shrunk = time.monotonic()
     time.sleep(5)  # max_retransmissions 3: four RTOs from 200 ms are 3 s
     after = [s for s in flow.segments(first.n + 1) if s.from_target and s.t > shrunk + 0.1]
     assert len(after) >= 3, f"the shrunk window was not probed: {after}"
+    assert engine(scene.target)["window_probes"] - before["window_probes"] >= 3
     assert not scene.host.events_of(conn), "the connection was given up while the peer answers"
     assert not send.done()
     fake.respond(lambda fp, s: (len(fp.received()), 65535))
@@ -564,10 +608,12 @@ def test_forged_ack_completes_nothing(scene, forged):
     ack = {"never_sent": snd_max + 1000, "far_future": snd_max + (1 << 30),
            "older_than_max_window": fake.syn.seq + 1 - (1 << 30)}[forged]
     target_ts = [s.ts[0] for s in flow.segments() if s.from_target and s.ts][-1]
+    before = engine(scene.target)
     mark = scene.wire.mark()
     scene.wire.send(flow.segment(seq=st_rcv_nxt, ack=ack, flags=ACK, win=65535, ts=(fake.tsval(), target_ts)))
     r = scene.wire.wait_for(lambda s: flow.out(s) and s.plen == 0, 1, mark)
     assert r is not None and r.flags == ACK and r.seq == snd_max and r.ack == st_rcv_nxt, r
+    expect_counted(scene.target, before, "drop_old_ack" if forged == "older_than_max_window" else "drop_ack_unsent")
     time.sleep(0.3)
     assert not send.done(), f"a forged ACK completed the send: {send.completion}"
     fake.ack(len(data), 65535)
