@@ -154,6 +154,9 @@ class Engine final : public OffloadTarget {
   void on_timer(Tcb& c);
   void on_retransmit_timeout(Tcb& c);
   void on_persist_timeout(Tcb& c);
+  void on_loss_probe_timeout(Tcb& c);
+  void on_reorder_timeout(Tcb& c);
+  void arm_loss_probe(Tcb& c);
   bool send_window_probe(Tcb& c);  // false: the persist limit was reached (RETRIEVE raised)
   void on_keepalive_timeout(Tcb& c);
   void sack_recovery_output(Tcb& c);

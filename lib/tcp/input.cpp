@@ -13,6 +13,7 @@ namespace chimney::tcp {
 namespace {
 
 constexpr uint32_t kPawsIdleMs = 24u * 24 * 3600 * 1000;  // RFC 7323 §5.5: 24 days
+constexpr uint32_t kMaxTimestampRttMs = 60'000;  // an echoed TSval older than this is no RTT sample
 
 struct Parsed {
   uint32_t seq;
@@ -193,6 +194,20 @@ void Engine::segment_arrives(Tcb& c, rte_mbuf* m) {
   process_data(c, m, s.seq, s.len, fin, s.flags & kPsh);
 }
 
+namespace {
+
+// SACKed bytes sent after the hole at snd.una was last retransmitted.
+uint32_t sacked_after_rxt(const Tcb& c) {
+  uint32_t after = 0;
+  for (uint8_t i = 0; i < c.sacked.count; ++i) {
+    const uint32_t l = seq_max(c.sacked.blocks[i].left, c.rxt_mark);
+    if (seq_lt(l, c.sacked.blocks[i].right)) after += c.sacked.blocks[i].right - l;
+  }
+  return after;
+}
+
+}  // namespace
+
 bool Engine::process_ack(Tcb& c, uint32_t ack, uint32_t seq, uint32_t seg_wnd, bool has_data_or_fin,
                          const net::TcpOptions& opts) {
   // RFC 9293 §3.10.7.4: an ACK of something not yet sent is answered and dropped.
@@ -222,6 +237,13 @@ bool Engine::process_ack(Tcb& c, uint32_t ack, uint32_t seq, uint32_t seg_wnd, b
     if (c.flags.timed && seq_gt(ack, c.rtt.timed_seq)) {
       rtt_sample(c, now_us_ - c.rtt.timed_at_us);
       c.flags.timed = false;
+    } else if (c.flags.timestamps && opts.has_timestamp && opts.ts_ecr != 0 &&
+               ts_now(c) - opts.ts_ecr < kMaxTimestampRttMs) {
+      // RFC 7323 §4.1: the echoed TSval times the ACK of new data even after
+      // a retransmission, so the backed-off RTO (RFC 6298 §5.5) ends with
+      // the first ACK that moves snd.una, as in Linux, not with the next
+      // segment that happens to be sent once.
+      rtt_sample(c, (ts_now(c) - opts.ts_ecr) * 1000u);
     }
     c.snd.una = ack;
     if (seq_lt(c.snd.nxt, c.snd.una)) c.snd.nxt = c.snd.una;
@@ -261,9 +283,20 @@ bool Engine::process_ack(Tcb& c, uint32_t ack, uint32_t seq, uint32_t seg_wnd, b
       congestion_ops(c.cc_algo).on_ack(c, acked, now_ms_);
       c.snd.dupacks = 0;
     }
+    // RFC 8985 §7.4: the probe's episode ends when its data is ACKed. A
+    // retransmitted probe may have repaired a loss; without D-SACK to say
+    // the original arrived too, the window is reduced as for a loss.
+    if (c.flags.tlp_in_flight && seq_geq(ack, c.tlp_end_seq)) {
+      c.flags.tlp_in_flight = false;
+      if (c.flags.tlp_retrans && !c.flags.in_recovery) {
+        ++stats_.loss_probe_recoveries;
+        congestion_ops(c.cc_algo).on_loss(c, now_ms_);
+      }
+    }
     // RFC 6298 §5.2, §5.3: stop the timer when all is ACKed, else restart it.
     if (c.snd.una == c.snd.max) disarm(c, TimerKind::retransmit);
     else restart_retransmit_timer(c);
+    arm_loss_probe(c);  // RFC 8985 §7.2: restarted by an ACK of new data
     c.persist_probes = 0;
     complete_sends(c);
     // Our FIN is ACKed when snd.una passes it (RFC 9293 §3.10.7.4 fifth).
@@ -299,16 +332,10 @@ bool Engine::process_ack(Tcb& c, uint32_t ack, uint32_t seq, uint32_t seg_wnd, b
     // A retransmission of the hole at snd.una is lost when DupThresh
     // segments sent after it are SACKed (lost-retransmission detection, as
     // RFC 8985 does by time): repair the holes again.
-    if (c.flags.in_recovery && c.flags.sack) {
-      uint32_t after = 0;
-      for (uint8_t i = 0; i < c.sacked.count; ++i) {
-        const uint32_t l = seq_max(c.sacked.blocks[i].left, c.rxt_mark);
-        if (seq_lt(l, c.sacked.blocks[i].right)) after += c.sacked.blocks[i].right - l;
-      }
-      if (after >= 3u * c.snd.mss && seq_gt(c.high_rxt, c.snd.una)) {
-        c.high_rxt = c.snd.una;
-        c.rxt_mark = c.snd.max;
-      }
+    if (c.flags.in_recovery && c.flags.sack && sacked_after_rxt(c) >= 3u * c.snd.mss &&
+        seq_gt(c.high_rxt, c.snd.una)) {
+      c.high_rxt = c.snd.una;
+      c.rxt_mark = c.snd.max;
     }
     // RFC 5827 early retransmit: with fewer than four segments outstanding
     // and nothing new to send, fewer duplicates can ever come.
@@ -325,6 +352,15 @@ bool Engine::process_ack(Tcb& c, uint32_t ack, uint32_t seq, uint32_t seg_wnd, b
       c.snd.cwnd += c.snd.mss;  // RFC 6582 §3.2 step 3: inflate per duplicate
     }
     if (dup || opts.sack_count != 0) mark_output(c);
+  }
+
+  // RFC 8985 §6.3: data sent after the hole at snd.una (or after its
+  // retransmission) was SACKed; unless the hole fills within the reordering
+  // window, it is lost (on_reorder_timeout). Window: SRTT/4, at least 2 ms.
+  if (c.flags.sack && c.sacked.count != 0 && c.snd.una != c.snd.max &&
+      c.due_ms[size_t(TimerKind::reorder)] == 0 && (!c.flags.in_recovery || sacked_after_rxt(c) != 0)) {
+    const uint32_t reo_wnd = c.rtt.srtt_us / 4000;
+    arm(c, TimerKind::reorder, reo_wnd < 2 ? 2 : reo_wnd);
   }
 
   // RFC 9293 §3.10.7.4: update the window from the newest segment, if
@@ -351,6 +387,9 @@ void Engine::enter_recovery(Tcb& c) {
   ++stats_.fast_retransmits;
   if (c.flags.sack) ++stats_.sack_recoveries;
   c.flags.in_recovery = true;
+  c.flags.tlp_in_flight = false;  // recovery's own reduction covers a probe's loss
+  disarm(c, TimerKind::loss_probe);
+  disarm(c, TimerKind::reorder);  // re-armed by SACKs of data sent after the retransmission
   c.snd.recover = c.snd.max;
   congestion_ops(c.cc_algo).on_loss(c, now_ms_);
   const uint32_t end = data_end(c);

@@ -344,6 +344,7 @@ void Engine::output(Tcb& c) {
       c.snd.nxt += len + (fin ? 1 : 0);
       if (seq_gt(c.snd.nxt, c.snd.max)) c.snd.max = c.snd.nxt;
       if (c.due_ms[size_t(TimerKind::retransmit)] == 0) arm(c, TimerKind::retransmit, c.rtt.rto_ms);
+      if (!retransmission) arm_loss_probe(c);
     }
     // Data waits with nothing in flight, so no ACK will come to clock it out.
     // Behind a zero window: probe it (RFC 9293 §3.8.6.1). Behind a window
@@ -469,6 +470,8 @@ void Engine::on_timer(Tcb& c) {
     }
     if (due(TimerKind::push)) complete_filled_receives(c, /*push=*/true);
     if (due(TimerKind::retransmit)) on_retransmit_timeout(c);
+    if (due(TimerKind::loss_probe)) on_loss_probe_timeout(c);
+    if (due(TimerKind::reorder)) on_reorder_timeout(c);
     if (due(TimerKind::persist)) on_persist_timeout(c);
     if (due(TimerKind::keepalive)) on_keepalive_timeout(c);
   }
@@ -517,6 +520,9 @@ void Engine::on_retransmit_timeout(Tcb& c) {
     congestion_ops(c.cc_algo).on_rto(c, now_ms_);
   }
   c.flags.in_recovery = false;
+  c.flags.tlp_in_flight = false;
+  disarm(c, TimerKind::loss_probe);
+  disarm(c, TimerKind::reorder);
   c.snd.dupacks = 0;
   c.snd.recover = c.snd.max;
   c.sacked.count = 0;  // RFC 2018 §8: the receiver may have reneged
@@ -526,6 +532,82 @@ void Engine::on_retransmit_timeout(Tcb& c) {
   c.rtt.rto_ms = c.rtt.rto_ms * 2 > cfg_.rto_max_ms ? cfg_.rto_max_ms : c.rtt.rto_ms * 2;
   arm(c, TimerKind::retransmit, c.rtt.rto_ms);
   output(c);
+}
+
+void Engine::arm_loss_probe(Tcb& c) {
+  // RFC 8985 §7.2: in the open state (no recovery), with SACK, an RTT
+  // sample and no probe already out, a tail loss is probed for after
+  // PTO = 2·SRTT (plus the peer's delayed-ACK time when only one segment is
+  // in flight), never later than the RTO. Floor 10 ms: the timer's
+  // granularity and reordering on fast paths.
+  if (!c.flags.sack || c.flags.in_recovery || c.flags.tlp_in_flight || c.rtt.srtt_us == 0 ||
+      c.snd.una == c.snd.max) {
+    disarm(c, TimerKind::loss_probe);
+    return;
+  }
+  uint32_t pto = 2 * c.rtt.srtt_us / 1000;
+  if (flight_size(c) <= c.snd.mss) pto += cfg_.delayed_ack_ms;
+  if (pto < 10) pto = 10;
+  if (pto >= c.rtt.rto_ms) {
+    disarm(c, TimerKind::loss_probe);
+    return;
+  }
+  arm(c, TimerKind::loss_probe, pto);
+}
+
+void Engine::on_loss_probe_timeout(Tcb& c) {
+  if (!c.flags.sack || c.flags.in_recovery || c.flags.tlp_in_flight || c.snd.una == c.snd.max) return;
+  // RFC 8985 §7.3: new data if the peer's window takes it (cwnd aside),
+  // else the last segment sent again; then the RTO watches it.
+  const uint32_t end = data_end(c);
+  const uint32_t usable = seq_gt(c.snd.una + c.snd.wnd, c.snd.nxt) ? c.snd.una + c.snd.wnd - c.snd.nxt : 0;
+  const uint32_t avail = seq_gt(end, c.snd.nxt) ? end - c.snd.nxt : 0;
+  const uint32_t mss = c.snd.mss - sack_space(c);
+  bool sent = false;
+  if (c.snd.nxt == c.snd.max && avail != 0 && usable != 0) {
+    uint32_t len = avail < usable ? avail : usable;
+    if (len > mss) len = mss;
+    const bool fin = c.flags.fin_queued && c.snd.nxt + len == end && seq_lt(c.snd.nxt + len, c.snd.queued_end);
+    sent = send_segment(c, c.snd.nxt, len, kAck | (fin ? kFin : 0), /*retransmission=*/false);
+    if (sent) {
+      c.snd.nxt += len + (fin ? 1 : 0);
+      c.snd.max = c.snd.nxt;
+      c.flags.tlp_retrans = false;
+    }
+  } else {
+    const uint32_t data_max = seq_gt(c.snd.max, end) ? end : c.snd.max;  // a FIN sent lies past the data
+    const uint32_t len = data_max - c.snd.una < mss ? data_max - c.snd.una : mss;
+    const uint32_t seq = data_max - len;
+    const bool fin = seq_gt(c.snd.max, end);
+    if (len != 0 || fin) {
+      sent = send_segment(c, seq, len, kAck | (fin ? kFin : 0), /*retransmission=*/true);
+      if (sent) {
+        ++stats_.retransmits;
+        c.flags.tlp_retrans = true;
+      }
+    }
+  }
+  if (!sent) return;
+  ++stats_.loss_probes;
+  c.flags.tlp_in_flight = true;
+  c.tlp_end_seq = c.snd.max;
+  restart_retransmit_timer(c);
+}
+
+void Engine::on_reorder_timeout(Tcb& c) {
+  // RFC 8985 §6.2-6.3, without per-segment send times: the reordering
+  // window has passed since SACKs showed data sent after the hole at
+  // snd.una (or after its retransmission) arriving, and the hole is still
+  // there: it is lost, however few duplicate ACKs a small window yields.
+  if (c.snd.una == c.snd.max || c.sacked.count == 0 || !c.flags.sack) return;
+  ++stats_.reorder_timeouts;
+  if (!c.flags.in_recovery) {
+    enter_recovery(c);
+  } else {
+    c.high_rxt = c.snd.una;  // the retransmissions into the holes are lost again
+    c.rxt_mark = c.snd.max;
+  }
+  mark_output(c);
 }
 
 void Engine::on_persist_timeout(Tcb& c) {

@@ -10,6 +10,7 @@ namespace chimney::tcp {
 #define CHIMNEY_ENGINE_COUNTERS(X)                                                        \
   X(segments_in)            X(segments_out)          X(bytes_in)             X(bytes_out) \
   X(retransmits)            X(fast_retransmits)      X(rto_expirations)      X(sack_recoveries)\
+  X(loss_probes)            X(loss_probe_recoveries) X(reorder_timeouts)                \
   X(dup_acks)               X(delayed_acks)          X(pure_acks_out)        X(window_probes)\
   X(keepalive_probes)       X(challenge_acks)        X(challenge_acks_limited)               \
   X(drop_paws)              X(drop_out_of_window)    X(drop_ack_unsent)      X(drop_old_ack) \

@@ -25,6 +25,8 @@ enum class TimerKind : uint8_t {
   delayed_ack,  // RFC 1122 §4.2.3.2, RFC 5681 §4.2
   keepalive,    // RFC 1122 §4.2.3.6
   push,         // CONTRACT C-9: complete a partly filled receive in push mode
+  loss_probe,   // RFC 8985 §7 tail loss probe (PTO)
+  reorder,      // RFC 8985 §6.3 reordering window: a hole below SACKed data is lost
   count
 };
 
@@ -92,6 +94,8 @@ struct alignas(RTE_CACHE_LINE_SIZE) Tcb {
     bool closed : 1;           // CLOSED or TIME_WAIT: state released, awaiting terminate (C-19, C-20)
     bool sws_override : 1;     // the SWS override timeout fired: send a small segment (RFC 9293 §3.8.6.2.1)
     bool fin_out_of_order : 1; // the peer's FIN came beyond a hole; rcv.fin_seq holds its place
+    bool tlp_in_flight : 1;    // RFC 8985 §7.3: a loss probe is out; tlp_end_seq is set
+    bool tlp_retrans : 1;      // ... and it was a retransmission (§7.4: it may have repaired a loss)
   } flags;
 
   // ---------------- cache line 1: receiver, RTT ------------------------------
@@ -133,6 +137,7 @@ struct alignas(RTE_CACHE_LINE_SIZE) Tcb {
   uint32_t high_rxt;           // RFC 6675 HighRxt: highest retransmitted in recovery
   uint32_t rxt_mark;           // snd.max when the hole at snd.una was last retransmitted
   uint32_t last_ooo_seq;       // first SACK block reports the latest arrival (RFC 2018 §4)
+  uint32_t tlp_end_seq;        // RFC 8985 TLP.end_seq: snd.max when the probe went out
   NetBufferList* recv_head;    // posted receives (C-9)
   NetBufferList* recv_tail;
   ByteQueue rx_buffered;       // in order, not yet delivered (C-10)

@@ -977,6 +977,8 @@ TEST_F(Rfc, Rfc6298_RtoFromSrttAndRttvar) {
   offload_with([](OffloadState& s) {
     s.delegated.srtt_us = 800'000;
     s.delegated.rttvar_us = 200'000;
+    s.constant.sack = false;        // no tail loss probe (RFC 8985 needs SACK): the RTO alone
+    s.constant.timestamps = false;  // samples only from timed segments
   });
   send_data("a");
   next();
@@ -1000,9 +1002,13 @@ TEST_F(Rfc, Rfc6298_RtoFromSrttAndRttvar) {
 }
 
 // RFC 6298 §3 (Karn): no RTT sample from a retransmitted segment; the
-// backed-off RTO stays until a valid sample (§5, after rule 5.7).
+// backed-off RTO stays until a valid sample (§5, after rule 5.7). (Without
+// timestamps: with them every ACK of new data is a sample, RFC 7323 §4.1.)
 TEST_F(Rfc, Rfc6298_KarnRetransmittedSegmentIsNotTimed) {
-  offload_default();
+  offload_with([](OffloadState& s) {
+    s.constant.timestamps = false;
+    s.constant.sack = false;
+  });
   send_data("x");
   next();
   next_after(1000);  // retransmitted; RTO now 2 s
@@ -1023,6 +1029,105 @@ TEST_F(Rfc, Rfc6298_KarnRetransmittedSegmentIsNotTimed) {
   // RFC 6298 (2.2): the first sample R sets SRTT = R, RTTVAR = R/2.
   EXPECT_EQ(delegated().srtt_us, 50'000u);
   EXPECT_EQ(delegated().rttvar_us, 25'000u);
+}
+
+// RFC 7323 §4.1: with timestamps the ACK of a retransmitted segment is timed
+// by the TSval it echoes, so the backed-off RTO ends with that ACK.
+TEST_F(Rfc, Rfc7323_EchoedTimestampTimesTheAckOfARetransmission) {
+  offload_with([](OffloadState& s) { s.constant.sack = false; });
+  send_data("x");
+  next();
+  Seg rx = next_after(1000);  // the RTO: retransmitted, the RTO doubles to 2 s
+  ASSERT_TRUE(rx.opts.has_timestamp);
+  advance(30);
+  net::TcpOptions o;
+  o.has_timestamp = true;
+  o.ts_val = ++peer_ts;
+  o.ts_ecr = rx.opts.ts_val;  // echoes the retransmission's TSval: 30 ms ago
+  peer_opts(kIrs, kIss + 1, ACK, o, "");
+  EXPECT_EQ(delegated().srtt_us, 30'000u);
+  EXPECT_EQ(delegated().rttvar_us, 15'000u);
+  send_data("y");
+  next();
+  Seg y = next_after(200);  // RTO = max(200 ms, 30 + 4 * 15): the backoff is over
+  EXPECT_EQ(y.seq, kIss + 1);
+}
+
+// RFC 8985 §7: a lost tail is probed for after PTO = 2·SRTT, well before the
+// RTO: the last segment goes again, and the ACK it brings ends the episode
+// with a loss response (no D-SACK says the original arrived).
+TEST_F(Rfc, Rfc8985_TailLossProbeRetransmitsTheLastSegmentAfterTwoSrtt) {
+  offload_with([](OffloadState& s) {
+    s.delegated.srtt_us = 20'000;
+    s.delegated.rttvar_us = 60'000;  // RTO = 20 + 240 ms
+  });
+  const uint32_t cwnd_before = delegated().cwnd;
+  send_data(std::string(3 * kMss, 't'));
+  std::vector<Seg> out = drain();
+  ASSERT_EQ(out.size(), 3u);
+  peer(kIrs, kIss + 2 * kMss, ACK);  // the last segment (or its ACK) is lost
+  expect_silence();
+  // PTO = 2·SRTT + the delayed-ACK allowance (one segment in flight): about
+  // 2 * 17.5 + 40 ms after the ACK (the ACK's own sample lowered SRTT).
+  unsigned waited = 0;
+  while (wire.frames.empty() && waited < 300) {
+    advance(1);
+    ++waited;
+  }
+  EXPECT_GE(waited, 40u);
+  EXPECT_LE(waited, 100u) << "long before the RTO (> 200 ms)";
+  Seg probe = next();
+  EXPECT_EQ(probe.seq, kIss + 2 * kMss);
+  EXPECT_EQ(probe.payload.size(), kMss);
+  EXPECT_EQ(engine->stats().loss_probes, 1u);
+  EXPECT_EQ(engine->stats().rto_expirations, 0u);
+  peer(kIrs, kIss + 3 * kMss, ACK);
+  EXPECT_EQ(engine->stats().loss_probe_recoveries, 1u);
+  EXPECT_LT(delegated().cwnd, cwnd_before + 3 * kMss) << "reduced as for a loss";
+  advance(1000);
+  EXPECT_EQ(engine->stats().rto_expirations, 0u);
+  drain();
+}
+
+// RFC 8985 §6.3: one segment SACKed above a hole is too few duplicates for
+// RFC 6675, but once the reordering window (SRTT/4, at least 2 ms) has
+// passed the hole is lost and retransmitted, without waiting for the RTO.
+TEST_F(Rfc, Rfc8985_HoleBelowSackedDataIsLostAfterTheReorderingWindow) {
+  offload_with([](OffloadState& s) {
+    s.delegated.srtt_us = 8'000;
+    s.delegated.rttvar_us = 50'000;
+  });
+  send_data(std::string(3 * kMss, 'h'));
+  ASSERT_EQ(drain().size(), 3u);
+  net::TcpOptions o;
+  o.sack_count = 1;
+  o.sack[0] = {kIss + 2 * kMss, kIss + 3 * kMss};  // the third arrived, the second not
+  peer_opts(kIrs, kIss + kMss, ACK, o, "");
+  drain();  // whatever the ACK of new data lets out
+  advance(1);
+  expect_silence();
+  Seg rx = next_after(1);  // SRTT/4 = 2 ms
+  EXPECT_EQ(rx.seq, kIss + kMss);
+  EXPECT_EQ(engine->stats().reorder_timeouts, 1u);
+  EXPECT_EQ(engine->stats().rto_expirations, 0u);
+}
+
+// RFC 8985 §7.3: when new data waits and the peer's window takes it, the
+// probe is new data (cwnd aside), and its ACK needs no loss response.
+TEST_F(Rfc, Rfc8985_TailLossProbeSendsNewDataWhenTheWindowAllows) {
+  offload_with([](OffloadState& s) {
+    s.delegated.srtt_us = 20'000;
+    s.delegated.rttvar_us = 60'000;
+    s.delegated.cwnd = 2 * kMss;  // two segments out, the third waits for the window
+  });
+  send_data(std::string(3 * kMss, 'n'));
+  ASSERT_EQ(drain().size(), 2u);
+  Seg probe = next_after(40);
+  EXPECT_EQ(probe.seq, kIss + 2 * kMss) << "the third segment, new";
+  peer(kIrs, kIss + 3 * kMss, ACK);
+  EXPECT_EQ(engine->stats().loss_probes, 1u);
+  EXPECT_EQ(engine->stats().loss_probe_recoveries, 0u);
+  EXPECT_EQ(engine->stats().retransmits, 0u);
 }
 
 // RFC 9293 §3.8.6.1, RFC 1122 §4.2.2.17: nothing is sent into a zero window;
