@@ -7,6 +7,7 @@
 #include <random>
 
 #include "harness.hpp"
+#include "net/impair.hpp"
 
 namespace chimney::test {
 
@@ -32,20 +33,19 @@ const std::vector<uint8_t>& pattern() {
   return p;
 }
 
-struct Impairment {
-  double loss = 0, reorder = 0, duplicate = 0;
-};
+using net::ImpairSpec;
 
 // One direction of the wire: frames are copied into fresh mbufs (as a NIC
-// and a cable would), the sender's are freed (releasing its zero-copy refs).
+// and a cable would), the sender's are freed (releasing its zero-copy refs),
+// then pass chimneyd's own impairment stage (net/impair.hpp).
 class Link : public tcp::TxSink {
  public:
-  Link(Impairment imp, uint64_t seed) : imp_(imp), rng_(seed) {}
+  Link(const ImpairSpec& imp, uint64_t seed)
+      : stage_(imp, seed, net::Impairment::Direction::tx, wire_pool(), &stats) {}
   std::deque<rte_mbuf*> in_flight;
-  rte_mbuf* held = nullptr;  // a frame held back to be reordered
   bool trace = false;
   const char* name = "";
-  uint64_t sent = 0, lost = 0, reordered = 0, duplicated = 0;
+  net::ImpairStats stats;
 
   void transmit(rte_mbuf** pkts, uint16_t n) override {
     for (uint16_t i = 0; i < n; ++i) {
@@ -55,34 +55,12 @@ class Link : public tcp::TxSink {
         ADD_FAILURE() << "wire pool empty";
         continue;
       }
-      ++sent;
-      if (chance(imp_.loss)) {
-        ++lost;
-        rte_pktmbuf_free(copy);
-        continue;
-      }
-      if (chance(imp_.duplicate)) {
-        ++duplicated;
-        if (rte_mbuf* d = rte_pktmbuf_copy(copy, wire_pool(), 0, UINT32_MAX)) in_flight.push_back(d);
-      }
-      if (held == nullptr && chance(imp_.reorder)) {
-        ++reordered;
-        held = copy;  // goes out after the next frame
-        continue;
-      }
-      in_flight.push_back(copy);
-      if (held != nullptr) {
-        in_flight.push_back(held);
-        held = nullptr;
-      }
+      take(&copy, 1);
     }
   }
   // Hands everything in flight to `to`, classified as a worker would.
   void deliver(tcp::Engine& to, uint64_t now_us) {
-    if (in_flight.empty() && held != nullptr) {  // nothing came after it
-      in_flight.push_back(held);
-      held = nullptr;
-    }
+    if (in_flight.empty()) take(nullptr, 0);  // a frame held back for reordering: nothing came after it
     while (!in_flight.empty()) {
       rte_mbuf* batch[32];
       uint16_t n = 0;
@@ -114,13 +92,15 @@ class Link : public tcp::TxSink {
   uint64_t unmatched() const { return unmatched_; }
   ~Link() override {
     for (rte_mbuf* m : in_flight) rte_pktmbuf_free(m);
-    if (held != nullptr) rte_pktmbuf_free(held);
   }
 
  private:
-  bool chance(double p) { return p > 0 && std::uniform_real_distribution<double>(0, 1)(rng_) < p; }
-  Impairment imp_;
-  std::mt19937_64 rng_;
+  void take(rte_mbuf** frames, uint16_t n) {
+    rte_mbuf* out[4];  // a frame and its duplicate, and one held back
+    const uint16_t k = stage_.pass(frames, n, 0, out, 4);
+    for (uint16_t i = 0; i < k; ++i) in_flight.push_back(out[i]);
+  }
+  net::Impairment stage_;  // no delay: everything due at once
   uint64_t unmatched_ = 0;
 };
 
@@ -291,7 +271,7 @@ struct Result {
   uint64_t sim_ms;
 };
 
-Result run_transfer(uint64_t bytes, Impairment imp, CongestionAlgorithm cc, uint64_t seed) {
+Result run_transfer(uint64_t bytes, const ImpairSpec& imp, CongestionAlgorithm cc, uint64_t seed) {
   Flow fa;  // A is the "target" side of the default flow
   Flow fb;
   std::swap(fb.local_ip, fb.remote_ip);
@@ -368,7 +348,7 @@ Result run_transfer(uint64_t bytes, Impairment imp, CongestionAlgorithm cc, uint
   }
   EXPECT_EQ(a_to_b.unmatched() + b_to_a.unmatched(), 0u);
   if (imp.loss > 0) {
-    EXPECT_GT(a_to_b.lost, 0u);
+    EXPECT_GT(a_to_b.stats.lost.get(), 0u);
     EXPECT_GT(a.stats().retransmits, 0u);
   }
   std::printf("  %llu bytes each way, loss %.0f%% reorder %.0f%% dup %.0f%%, %s: %.2f s real, %.2f s simulated; "
@@ -379,8 +359,9 @@ Result run_transfer(uint64_t bytes, Impairment imp, CongestionAlgorithm cc, uint
               static_cast<unsigned long long>(a.stats().retransmits),
               static_cast<unsigned long long>(a.stats().fast_retransmits),
               static_cast<unsigned long long>(a.stats().rto_expirations),
-              static_cast<unsigned long long>(a_to_b.lost), static_cast<unsigned long long>(a_to_b.reordered),
-              static_cast<unsigned long long>(a_to_b.duplicated));
+              static_cast<unsigned long long>(a_to_b.stats.lost.get()),
+              static_cast<unsigned long long>(a_to_b.stats.reordered.get()),
+              static_cast<unsigned long long>(a_to_b.stats.duplicated.get()));
   return {secs, (now_us - 1'000'000) / 1000};
 }
 
@@ -389,16 +370,16 @@ Result run_transfer(uint64_t bytes, Impairment imp, CongestionAlgorithm cc, uint
 // The figure: 1 GiB each way (CHIMNEY_WIRE_BYTES overrides).
 TEST(Wire, BulkBothWaysWithLossReorderingDuplication) {
   const uint64_t bytes = env_bytes("CHIMNEY_WIRE_BYTES", 1ull << 30);
-  run_transfer(bytes, Impairment{0.05, 0.05, 0.01}, CongestionAlgorithm::cubic, 7);
+  run_transfer(bytes, ImpairSpec{.loss = 0.05, .duplicate = 0.01, .reorder = 0.05}, CongestionAlgorithm::cubic, 7);
 }
 
 TEST(Wire, NewRenoWithLossReorderingDuplication) {
-  run_transfer(env_bytes("CHIMNEY_WIRE_BYTES_SMALL", 64ull << 20), Impairment{0.05, 0.05, 0.01},
+  run_transfer(env_bytes("CHIMNEY_WIRE_BYTES_SMALL", 64ull << 20), ImpairSpec{.loss = 0.05, .duplicate = 0.01, .reorder = 0.05},
                CongestionAlgorithm::newreno, 11);
 }
 
 TEST(Wire, CleanWire) {
-  run_transfer(env_bytes("CHIMNEY_WIRE_BYTES_SMALL", 64ull << 20), Impairment{}, CongestionAlgorithm::cubic, 3);
+  run_transfer(env_bytes("CHIMNEY_WIRE_BYTES_SMALL", 64ull << 20), ImpairSpec{}, CongestionAlgorithm::cubic, 3);
 }
 
 }  // namespace chimney::test
