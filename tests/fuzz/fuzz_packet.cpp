@@ -760,6 +760,22 @@ void setup(Target& t, uint8_t variant) {
   poll(t);
 }
 
+// Whether the payload of classified TCP frame `m` (as the engine will take
+// it: after the header the data offset says, up to the IP total length) is
+// the peer's stream at the frame's sequence number.
+bool carries_stream(const rte_mbuf* m) {
+  const uint32_t seq = rte_be_to_cpu_32(rte_pktmbuf_mtod_offset(m, const rte_tcp_hdr*, m->l2_len + m->l3_len)->sent_seq);
+  const uint32_t len = net::tcp_payload_len(m);
+  static uint8_t payload[65536];
+  const uint32_t off = m->l2_len + m->l3_len + m->l4_len;
+  if (len == 0) return true;
+  if (off + len > rte_pktmbuf_pkt_len(m)) return false;
+  read_mbuf(m, off, len, payload);
+  for (uint32_t i = 0; i < len; ++i)
+    if (payload[i] != peer_byte(seq + i)) return false;
+  return true;
+}
+
 // A frame from the peer; see the FRAME opcode.
 void op_frame(Target& t, Reader& in, bool raw) {
   const uint8_t sel = in.u8();
@@ -809,8 +825,9 @@ void op_frame(Target& t, Reader& in, bool raw) {
       rte_pktmbuf_free(m);
       return;
     }
-    // It may carry bytes that are not the peer's stream for whatever connection it hits.
-    for (Conn& o : t.conns) o.rx_tainted = true;
+    // Bytes that are not the peer's stream, for whatever connection it hits.
+    if (!carries_stream(m))
+      for (Conn& o : t.conns) o.rx_tainted = true;
     t.burst.push_back(m);
     if (t.burst.size() == kMaxBurst) flush_burst(t);
     return;
@@ -957,6 +974,11 @@ void op_frame(Target& t, Reader& in, bool raw) {
   if (k.kind != net::FrameKind::tcp) {
     rte_pktmbuf_free(m);
     return;
+  }
+  if (!(sel & 4) && !carries_stream(m)) {
+    // A stray header field got past a "verified" checksum: the payload the
+    // engine sees is not the peer's stream at its sequence number.
+    c.rx_tainted = true;
   }
   TRACE("    in conn %d seq %u ack %u flags %02x win %u len %u (rcv_nxt %u una %u max %u)\n", c.index, seq, ack,
         flags, window, payload_len, c.rcv_nxt, c.una, c.max);
