@@ -113,8 +113,12 @@ int report(const Options& o, const Figures& f, const std::string& csv_path, cons
   std::vector<Printed> out;
   for (const Row& r : table_rows(o)) {
     const Figure* c = f.get(r.key);
-    if (c == nullptr) continue;
-    Printed p{r.label, r.unit, c->ok ? human(c->value) : "FAILED", r.ref_label, "", "", r.goal};
+    const Figure* rk = r.ref_key.empty() ? nullptr : f.get(r.ref_key);
+    if (c == nullptr && rk == nullptr) continue;
+    static const Figure missing{0, false, "not measured"};
+    const bool measured = c != nullptr;
+    if (c == nullptr) c = &missing;
+    Printed p{r.label, r.unit, measured ? (c->ok ? human(c->value) : "FAILED") : "-", r.ref_label, "", "", r.goal};
     double ref = r.ref_const;
     bool have_ref = r.ref_const != 0;
     if (!r.ref_key.empty()) {
