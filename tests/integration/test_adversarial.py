@@ -400,8 +400,8 @@ MALFORMED = {
 
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_malformed_segment_on_live_connection(scene, case):
-    """RFC 9293 §3.1 (header and option format; §3.7.1.2 / MUST-64: an
-    option with a bad length must not crash the stack), §3.10.7.1 (checksum),
+    """RFC 9293 §3.1 (header and option format; MUST-7: an option with an
+    illegal length must not crash the stack; MUST-3: the checksum),
     RFC 791 §3.1 / RFC 1122 §3.2.1 (IP header, checksum, options) and §3.2
     (fragments: chimney does not reassemble; docs/ARCHITECTURE.md): each
     frame is aimed at the victim's 4-tuple with RCV.NXT, a valid ACK and
@@ -501,7 +501,7 @@ def probes_of(flow, mark, snd_una):
 
 @pytest.mark.parametrize("max_persist_probes", [0, 2])
 def test_zero_window_forever(scene, max_persist_probes):
-    """RFC 9293 §3.8.6.1 (MUST-35, MUST-36; RFC 1122 §4.2.2.17): a peer
+    """RFC 9293 §3.8.6.1 (MUST-36, MUST-37; RFC 1122 §4.2.2.17): a peer
     that keeps its window closed (a Linux socket nobody reads) is probed,
     first after about an RTO, then at exponentially growing intervals; as
     long as it answers the probes the connection stays open (no RETRIEVE, a
@@ -540,8 +540,9 @@ def test_zero_window_forever(scene, max_persist_probes):
 
 def test_window_shrunk_to_zero_with_data_in_flight(scene):
     """RFC 9293 §3.8.6 (MUST-34: a sender is robust against a shrinking
-    window and SHOULD NOT time the connection out for data beyond the right
-    edge; MUST-35: a window shrunk to zero is probed in the standard way):
+    window; SHLD-17: it SHOULD NOT time the connection out for data beyond
+    the right edge; MUST-35: a window shrunk to zero is probed in the
+    standard way):
     a peer (played by the attacker) ACKs the first 1000 bytes with a zero
     window while the rest is in flight, then answers everything with the same
     ACK. chimneyd keeps probing and does not give up (no RETRIEVE, even with
@@ -681,7 +682,7 @@ def test_listener_hostile_syn_options(scene, case):
 
 
 def test_listener_syn_with_malformed_option(scene):
-    """RFC 9293 §3.1, §3.7.1.2 (MUST-64): a SYN whose option list is
+    """RFC 9293 §3.1 (MUST-7): a SYN whose option list is
     malformed (an option of length 0) is dropped and counted (tcp_bad_option),
     gets no SYN-ACK and leaves no half-open connection behind."""
     scene.host.t.listen(7100, backlog=4)

@@ -216,6 +216,12 @@ def wait_for_drop(target, before, reason, count, timeout=3.0):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_dropped_and_counted(target, sender, case):
+    """Each frame is dropped and counted under its reason only, and nothing is
+    sent in answer: IPv4 header checks (RFC 791 §3.1; RFC 1122 §3.2.1.1 version,
+    §3.2.1.2 checksum, §3.2.1.3 addressing: silently discarded), ICMP checksum
+    (RFC 792), TCP header, checksum and option lengths (RFC 9293 §3.1, MUST-3,
+    MUST-7), a RST for no connection (RFC 9293 §3.10.7.1: discarded). IP
+    options and fragments are dropped by design (docs/ARCHITECTURE.md)."""
     reason, build = CASES[case]
     frames = build(target)
     port_before = target.port(0)

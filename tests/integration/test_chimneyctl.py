@@ -63,6 +63,8 @@ def test_stats_prints_json(ctl, target):
 
 
 def test_send_8MiB_file_graceful(ctl, target, tmp_path):
+    """C-6 (each send SUCCESS with its bytes), C-12 (graceful disconnect
+    SUCCESS); the Linux side's count and sha256 are the judge."""
     data = os.urandom(8 * MiB + 12345)  # not a multiple of the 1 MiB chunk
     f = tmp_path / "payload.bin"
     f.write_bytes(data)
@@ -94,6 +96,7 @@ def test_send_bytes_pattern(ctl, target):
 
 
 def test_recv_from_a_linux_source(ctl, target, tmp_path):
+    """C-9 (receives), C-16 (the peer's FIN ends the transfer as DISCONNECT)."""
     import peer as stream_peer
     total = 8 * MiB + 999
     out = tmp_path / "received.bin"
@@ -123,6 +126,8 @@ def test_recv_stops_after_N_bytes(ctl, target):
 
 
 def test_abortive_to_a_stalled_reader_resets_the_peer(ctl, target):
+    """C-13: outstanding sends REQUEST_ABORTED, the disconnect SUCCESS, the
+    peer sees a reset."""
     linux = LinuxPeer(target, "stall", 7205)
     cp = run_ctl(ctl, target, "send", target.peer_ip, 7205, "--bytes", "4M", "--abortive")
     assert cp.returncode == 0, cp.stdout + cp.stderr

@@ -694,6 +694,8 @@ def test_another_sessions_listening_port(target):
 
 
 def test_control_max_requests(fresh):
+    """Beyond control-max-requests a request gets ERROR LIMIT; the receives
+    that were taken complete in order with their bytes (C-9)."""
     n, size = 4, 1000
     with fresh("--control-max-requests", str(n)) as t:
         linux = LinuxPeer(t, "gated-source", 7305, n * size)

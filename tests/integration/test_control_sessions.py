@@ -21,6 +21,9 @@ def detached(t, n):
 
 
 def test_a_lost_session_is_re_attached_and_collects_its_completions(fresh):
+    """docs/CONTROL_PROTOCOL.md, Sessions: ATTACH within control-grace-s takes
+    over handles and regions; the SEND that completed meanwhile is delivered
+    then, with its tag (C-6: SUCCESS with all its bytes)."""
     with fresh("--control-grace-s", "30") as t:
         linux = LinuxPeer(t, "gated-sink", 7401)
         a = Raw(t.control_socket)
@@ -66,6 +69,8 @@ def test_attach_needs_a_detached_session_of_the_same_uid(fresh):
 
 
 def test_nobody_attaching_aborts_after_the_grace_period(fresh):
+    """Nobody attaching within control-grace-s: each connection is aborted
+    (RST, as in C-13) and released (orphans_aborted)."""
     with fresh("--control-grace-s", "1") as t:
         linux = LinuxPeer(t, "stall", 7402)
         a = Raw(t.control_socket)

@@ -65,6 +65,9 @@ def receive_exactly(conn, total, window=8, chunk=MiB):
 
 
 def test_arp_both_ways_and_ping(target):
+    """ARP both ways (RFC 826: chimney's request before its SYN, the kernel's
+    request answered) and ICMP echo (RFC 792); the refused CONNECT completes
+    REQUEST_ABORTED (docs/CONTROL_PROTOCOL.md, handshakes)."""
     # chimney resolves the peer itself (its ARP request) before its SYN; the
     # closed port answers RST, so the CONNECT is refused.
     t = target.target
@@ -131,8 +134,9 @@ print(json.dumps({"bytes": n, "sha256": h.hexdigest(), "end": end, "sent": sent}
 
 
 def test_connect_32MiB_each_way_at_once(target):
-    # chimney CONNECTs to a Linux listener; both sides send 32 MiB of the test
-    # stream at the same time, then each closes its half.
+    """chimney CONNECTs to a Linux listener; both sides send 32 MiB of the test
+    stream at the same time, then each closes its half: C-6, C-9, C-16
+    (DISCONNECT after the last byte, later receives INVALID_STATE), C-12."""
     t = target.target
     total = 32 * MiB
     linux = target.popen([PYTHON, "-c", DUPLEX_PEER, str(PEER_PORT), str(total)],
@@ -158,9 +162,9 @@ def test_connect_32MiB_each_way_at_once(target):
 
 
 def test_graceful_disconnect_delivers_exactly_the_bytes_sent(target):
-    # C-11/C-12: the final data rides with the FIN; SUCCESS only once both
-    # are ACKed, bytes_transferred = exactly that data; the peer reads
-    # every byte once and then EOF.
+    """C-11/C-12: the final data rides with the FIN; SUCCESS only once both
+    are ACKed, bytes_transferred = exactly that data; the peer reads
+    every byte once and then EOF."""
     t = target.target
     linux = LinuxPeer(target, "sink", PEER_PORT)
     conn = t.connect(target.peer_ip, PEER_PORT)
@@ -179,9 +183,9 @@ def test_graceful_disconnect_delivers_exactly_the_bytes_sent(target):
 
 
 def test_abortive_disconnect_with_data_outstanding(target):
-    # C-13: RST at once; every send still outstanding completes
-    # REQUEST_ABORTED (none SUCCESS after the first aborted one); the peer
-    # sees ECONNRESET.
+    """C-13: RST at once; every send still outstanding completes
+    REQUEST_ABORTED (none SUCCESS after the first aborted one, C-7); the peer
+    sees ECONNRESET."""
     t = target.target
     linux = LinuxPeer(target, "stall", PEER_PORT)
     conn = t.connect(target.peer_ip, PEER_PORT)
@@ -204,8 +208,9 @@ def test_abortive_disconnect_with_data_outstanding(target):
 
 
 def test_linux_client_to_a_chimney_listener(target):
-    # A Linux client connects to a chimney LISTEN, sends 8 MiB and its FIN;
-    # the host reads it all, answers 8 MiB and closes gracefully.
+    """A Linux client connects to a chimney LISTEN, sends 8 MiB and its FIN;
+    the host reads it all (C-9, C-16), answers 8 MiB and closes gracefully
+    (C-11/C-12)."""
     t = target.target
     t.listen(7100)
     up, down = 8 * MiB, 8 * MiB

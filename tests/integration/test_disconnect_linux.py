@@ -408,7 +408,7 @@ def test_abortive_with_sends_outstanding(target, wire, opened, open_kind, pendin
     completes SUCCESS (the RST was sent); a pending graceful disconnect
     completes REQUEST_ABORTED first. C-6/C-7: what completed SUCCESS before
     is exactly what the Linux kernel received (tcpi_bytes_received); at most
-    one send is partial. RFC 9293 §3.10.4 ABORT: the peer sees ECONNRESET;
+    one send is partial. RFC 9293 §3.10.5 ABORT: the peer sees ECONNRESET;
     no FIN was sent, and nothing after the RST."""
     o = opened(open_kind, "--no-read")
     t, conn, linux = o.t, o.conn, o.linux

@@ -29,6 +29,7 @@ LCORE_KEYS = {"rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "to_slowpath",
 
 
 def test_ping_is_answered(target):
+    """ICMP echo (RFC 792; RFC 1122 §3.2.2.6): one reply per request, no duplicates."""
     cp = target.run(["ping", "-n", "-c", "3", "-W", "1", "-i", "0.2", target.target_ip],
                     check=False, timeout=15)
     assert cp.returncode == 0, cp.stdout + cp.stderr
@@ -38,6 +39,7 @@ def test_ping_is_answered(target):
 
 
 def test_linux_arp_entry_has_the_target_mac(target):
+    """ARP (RFC 826): the Linux peer resolves the target's address to the port's MAC."""
     target.ping(1)
     out = target.run(["ip", "neigh", "show", target.target_ip, "dev", target.iface]).stdout
     m = re.search(r"lladdr ([0-9a-f:]{17})", out)
@@ -62,6 +64,8 @@ print(json.dumps({"errno": rc, "name": errno.errorcode.get(rc, str(rc)),
 
 
 def test_connect_to_closed_port_is_refused_at_once(target):
+    """RFC 9293 §3.10.7.1 (CLOSED): a SYN for no connection is answered with
+    a RST, so a Linux connect() fails with ECONNREFUSED at once."""
     target.ping(1)  # resolve ARP first: the second connect must not wait for it
     for port in (8080, 9):
         cp = target.run([PYTHON, "-c", CONNECT_SNIPPET, target.target_ip, str(port)], timeout=15)
@@ -92,6 +96,8 @@ else:
 
 
 def test_syn_to_closed_port_gets_rst_ack(target):
+    """RFC 9293 §3.10.7.1: a SYN without ACK for no connection gets
+    <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>, counted in rst_sent."""
     target.ping(1)
     before = target.port(0)
     seq = 0x12345678

@@ -33,6 +33,9 @@ def wait_disconnect(t, conn, timeout=30):
 
 @HEADERS_ONLY
 def test_connect_send_100MiB_then_graceful_disconnect_with_final_data(target, wire):
+    """C-6 (every send SUCCESS with all its bytes), C-11/C-12 (final data with
+    the FIN, SUCCESS once ACKed, exact bytes_transferred), C-16 (the peer's
+    FIN as DISCONNECT); the Linux side's count and sha256 are the judge."""
     t = target.target
     linux = LinuxPeer(target, "sink", 7001)
     conn = t.connect(target.peer_ip, 7001)
@@ -72,6 +75,8 @@ def receive_stream(conn, total, window):
 
 @HEADERS_ONLY
 def test_receive_100MiB_from_linux_then_its_fin(target, wire):
+    """C-9 (posted receives filled FIFO), C-16 (DISCONNECT after the last
+    byte; receives still posted complete INVALID_STATE)."""
     t = target.target
     total = 100 * MiB
     linux = LinuxPeer(target, "source", 7002, total)
@@ -94,6 +99,8 @@ def test_receive_100MiB_from_linux_then_its_fin(target, wire):
 
 
 def test_abortive_disconnect_with_4MiB_outstanding_to_a_stalled_reader(target, wire):
+    """C-13: the disconnect completes SUCCESS once the RST is sent, the
+    outstanding sends REQUEST_ABORTED; one RST and no FIN on the wire."""
     t = target.target
     linux = LinuxPeer(target, "stall", 7003)
     conn = t.connect(target.peer_ip, 7003)
@@ -112,6 +119,9 @@ def test_abortive_disconnect_with_4MiB_outstanding_to_a_stalled_reader(target, w
 
 
 def test_terminate_during_a_pending_graceful_disconnect(target, wire):
+    """C-12 (the seed: a pending graceful disconnect completes
+    UPLOAD_IN_PROGRESS), C-21 (sends answered, unfinished ones handed back in
+    order with the state)."""
     t = target.target
     linux = LinuxPeer(target, "stall", 7004)
     conn = t.connect(target.peer_ip, 7004)
@@ -152,6 +162,8 @@ def serve_one(t, conn, expect_in, reply_bytes):
 
 
 def test_linux_client_to_a_chimney_listener(target, wire):
+    """Passive open (LISTEN, ACCEPT): C-9 and C-16 on the way in, C-6 and
+    C-11/C-12 on the way out; both FINs ACKed on the wire."""
     t = target.target
     t.listen(7100)
     total = 16 * MiB
@@ -172,6 +184,8 @@ def test_linux_client_to_a_chimney_listener(target, wire):
 
 
 def test_listener_beyond_its_backlog_answers_with_syn_cookies(target, wire):
+    """RFC 4987 §3.6: beyond its backlog a listener answers with SYN cookies,
+    and the connections they open work end to end."""
     # Backlog 1 and eight clients at once: the rest get cookies (RFC 4987)
     # and every connection still works end to end.
     t = target.target
@@ -200,6 +214,8 @@ def test_listener_beyond_its_backlog_answers_with_syn_cookies(target, wire):
 
 
 def test_terminate_then_offload_the_state_again(target, wire):
+    """C-21 then C-1..C-3: the state a terminate returns, offloaded again,
+    continues the same stream (one connection, no RST on the wire)."""
     # A host takes a connection back (terminate, C-21) and hands it over again
     # (offload, C-1..C-3) as a dict: the Linux peer sees one unbroken stream.
     t = target.target

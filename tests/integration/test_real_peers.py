@@ -65,8 +65,9 @@ def finish(conn, what="connection"):
 
 
 def test_nc_server_receives_a_stream_from_a_chimney_connect(target, tmp_path):
-    # `nc -l` writes what it receives to a file and exits when it reads EOF,
-    # which only our graceful disconnect (FIN) gives it.
+    """`nc -l` writes what it receives to a file and exits when it reads EOF,
+    which only our graceful disconnect (FIN) gives it (C-11/C-12); its FIN
+    afterwards comes as DISCONNECT (C-16)."""
     t = target.target
     out = tmp_path / "nc-received.bin"
     total = 16 * MiB + 4321
@@ -95,8 +96,9 @@ def test_nc_server_receives_a_stream_from_a_chimney_connect(target, tmp_path):
 
 
 def test_nc_client_sends_a_file_to_a_chimney_listener(target, tmp_path):
-    # `nc -N` sends the file, shuts down its sending half at the file's end,
-    # prints what it receives, and exits once we close.
+    """`nc -N` sends the file, shuts down its sending half at the file's end
+    (half-close, C-16: we keep sending in CLOSE_WAIT), prints what it
+    receives, and exits once we close (C-11/C-12)."""
     t = target.target
     t.listen(7200)
     up, down = 8 * MiB + 99, 1 * MiB + 7
@@ -154,6 +156,9 @@ def serve_http(conn, s, status, body, content_type="application/octet-stream"):
 
 
 def test_curl_gets_a_response_served_through_a_chimney_listener(target, tmp_path):
+    """curl GETs a 4 MiB body from an HTTP/1.1 server the host runs on a
+    chimney LISTEN: C-6 for the response, C-11/C-12 for the close, C-16 for
+    curl's FIN."""
     t = target.target
     t.listen(8080)
     size = 4 * MiB + 3
@@ -178,8 +183,8 @@ def test_curl_gets_a_response_served_through_a_chimney_listener(target, tmp_path
 
 
 def test_curl_posts_a_body_and_gets_its_hash(target, tmp_path):
-    # curl uploads 3 MiB (with Expect: 100-continue, which the host answers);
-    # the host reads exactly Content-Length bytes and answers their sha256.
+    """curl uploads 3 MiB (with Expect: 100-continue, which the host answers);
+    the host reads exactly Content-Length bytes (C-9) and answers their sha256."""
     t = target.target
     t.listen(8080)
     size = 3 * MiB + 17
@@ -320,6 +325,10 @@ def iperf3_server(t, timeout=ACCEPT_S):
 
 
 def test_iperf3_client_to_an_iperf3_server_on_a_chimney_listener(target):
+    """iperf3 -c against the iperf 3.12 server protocol the host runs on a
+    chimney LISTEN: every byte iperf3 wrote is received (C-9), its closes
+    end the posted receives with INVALID_STATE (C-16), and both connections
+    close gracefully (C-11/C-12)."""
     t = target.target
     t.listen(5201)
     total = 32 * MiB
