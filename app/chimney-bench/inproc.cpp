@@ -561,6 +561,7 @@ class RpcHost : public HostCallbacks {
 };
 
 struct RpcResult {
+  double segments_per_s = 0;  // segments received by both engines
   double per_s = 0;  // transactions (rr) or connection cycles (churn) per second
   double engine_share = 0;
   bool ok = false;
@@ -590,7 +591,7 @@ class RpcRun {
     const uint64_t warm_end = rte_rdtsc() + static_cast<uint64_t>(o_.warmup * g_hz);
     const uint64_t span = static_cast<uint64_t>(o_.seconds * g_hz);
     const uint64_t give_up = rte_rdtsc() + static_cast<uint64_t>((o_.warmup + o_.seconds + 30) * g_hz);
-    uint64_t t_start = 0, t_end = 0, count0 = 0, cyc0 = 0;
+    uint64_t t_start = 0, t_end = 0, count0 = 0, cyc0 = 0, segs0 = 0;
     size_t lat0 = 0;
     RpcResult r;
     auto stamp = [this](rte_mbuf** batch, uint16_t n, uint64_t tsc) {
@@ -621,6 +622,7 @@ class RpcRun {
         t_start = tsc;
         count0 = count();
         cyc0 = meter.cycles[0] + meter.cycles[1];
+        segs0 = a_.stats().segments_in + b_.stats().segments_in;
         lat0 = ha_.latency_us != nullptr ? ha_.latency_us->size() : 0;
       } else if (t_start != 0 && tsc - t_start >= span) {
         t_end = tsc;
@@ -641,6 +643,7 @@ class RpcRun {
     const double secs = tsc_seconds(t_end - t_start);
     const uint64_t done = count() - count0;
     r.per_s = done / secs;
+    r.segments_per_s = (a_.stats().segments_in + b_.stats().segments_in - segs0) / secs;
     r.engine_share = static_cast<double>(meter.cycles[0] + meter.cycles[1] - cyc0) / static_cast<double>(t_end - t_start);
     r.ok = done > 0 && ab_.malformed + ba_.malformed + ab_.copy_failures + ba_.copy_failures == 0;
     if (!r.ok)
@@ -859,6 +862,7 @@ void run_inproc(const Options& o, const std::vector<std::string>& only, Figures&
         RpcResult r = run.run();
         const std::string key = "rr_" + std::to_string(msg) + "_" + std::to_string(n);
         f.set(key, r.per_s, r.ok, r.why);
+        f.set(key + "_segments_per_s", r.segments_per_s, r.ok);
         if (!r.ok) std::fprintf(stderr, "%s failed: %s\n", key.c_str(), r.why.c_str());
       }
   }

@@ -84,6 +84,8 @@ std::vector<Row> table_rows(const Options& o) {
   rows.push_back({"churn: offload, 1 req/resp, close, release", "conn/s", "churn_per_s", "Linux veth", "linux_churn_per_s", ""});
   rows.push_back({"segments/s per core (bulk, in-process)", "seg/s", "bulk_1way_segments_per_s", "memif testpmd 1514 B", "wire_memif_1514_pps", ">= 0.7"});
   rows.push_back({"segments/s per core (bulk, in-process)", "seg/s", "bulk_1way_segments_per_s", "in-process handoff 1514 B", "handoff_pps_1514", ""});
+  rows.push_back({"segments/s per core (64 B req/resp, 100 conn)", "seg/s", "rr_64_100_segments_per_s", "memif testpmd 64 B", "wire_memif_64_pps", ">= 0.7"});
+  rows.push_back({"segments/s per core (64 B req/resp, 100 conn)", "seg/s", "rr_64_100_segments_per_s", "in-process handoff 64 B", "handoff_pps_64", ""});
   for (uint32_t n : o.cost_connections)
     if (n <= o.connections)
       rows.push_back({"cost per segment, " + std::to_string(n) + " conn open", "cycles", "cost_cycles_" + std::to_string(n),
@@ -320,7 +322,7 @@ int main(int argc, char** argv) {
     std::ofstream lat(plot_dir + "/latency.dat");
     lat << "# disconnect completion latency (us) cumulative_fraction\n";
     std::sort(latency.begin(), latency.end());
-    const size_t step = latency.size() > 20000 ? latency.size() / 20000 : 1;
+    const size_t step = latency.size() > 2000 ? latency.size() / 2000 : 1;
     for (size_t i = 0; i < latency.size(); i += step)
       lat << latency[i] << ' ' << static_cast<double>(i + 1) / static_cast<double>(latency.size()) << '\n';
     if (!latency.empty()) lat << latency.back() << " 1\n";
