@@ -38,7 +38,11 @@
 //  - at the end, after the NIC released everything and every connection was
 //    terminated: every request completed, and no mbuf is left in use.
 //
-// Input format: byte 0 picks setup variants; then operations, each an opcode
+// Input format: byte 0 picks setup variants (bit 0 CUBIC, 1 MSS 536 on conn 0,
+// 2 send scale 14 on conn 0 and payload copied instead of attached, 3 a 4 KiB
+// receive window on conn 0, 4 Nagle off on conn 1 and no final data in conn
+// 2's disconnect, 5 conn 1 behind a zero window, 6 keepalive on conn 3, 7
+// sequence numbers near the wrap); then operations, each an opcode
 // byte followed by its fields (little-endian); a field past the end reads 0
 // and ends the program. See `run_op` for the fields of each opcode.
 #include <rte_arp.h>
@@ -1259,6 +1263,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   cfg.challenge_acks_per_second = 20;
   cfg.header_pool = g_headers;
   cfg.attach_pool = g_attach;
+  cfg.copy_payload = (variant & 4) != 0;  // payload copied (virtio-user) instead of attached
   t.used = 0;
   t.now_us = kStartUs;
   t.nic.hold = false;
