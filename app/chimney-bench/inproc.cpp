@@ -15,6 +15,8 @@
 #include <rte_mbuf.h>
 #include <rte_tcp.h>
 
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -40,6 +42,13 @@ using tcp::Engine;
 uint64_t g_hz = 0;
 uint64_t g_cycles_per_us = 1;
 uint64_t g_tsc0 = 0;
+// CPU time of this thread: below the window's wall time when the shared
+// machine preempted the bench (its figures are then low).
+double thread_cpu_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
 uint64_t now_us() { return (rte_rdtsc() - g_tsc0) / g_cycles_per_us + 1'000'000; }
 double tsc_seconds(uint64_t cycles) { return static_cast<double>(cycles) / static_cast<double>(g_hz); }
 
@@ -341,15 +350,17 @@ struct BulkResult {
   double segments_per_s = 0; // segments received by both engines
   double cycles_per_segment = 0;
   double engine_share = 0;   // engine cycles / wall cycles
+  double cpu_share = 0;      // thread CPU time / wall time
   bool ok = false;
 };
 
 // One bulk connection (tuple 0) A->B (and B->A when both_ways), with `idle`
 // more idle connections open on each engine, on engines sized `table`.
 BulkResult run_bulk(const Options& o, bool both_ways, uint32_t idle, uint32_t table) {
-  Link ab(1), ba(0);
+  // The hosts outlive the links: frames still queued at the end reference
+  // their NetBuffers (the zero-copy reference counts live there).
   BulkHost ha, hb;
-  CountingHost idle_host_a, idle_host_b;
+  Link ab(1), ba(0);
   Engine a(engine_config(0, table), ha, ab), b(engine_config(1, table), hb, ba);
   ha.engine = &a;
   hb.engine = &b;
@@ -384,20 +395,24 @@ BulkResult run_bulk(const Options& o, bool both_ways, uint32_t idle, uint32_t ta
   const uint64_t span = static_cast<uint64_t>(o.seconds * g_hz);
   uint64_t t_start = 0, t_end = 0;
   uint64_t bytes0 = 0, segs0 = 0, cyc0 = 0;
+  double cpu0 = 0, cpu1 = 0;
   for (;;) {
     const uint64_t now = now_us();
-    timed_poll(a, 0, now, meter);
-    timed_poll(b, 1, now, meter);
+    // As chimneyd's worker: what arrived first, then timers and output.
     ab.deliver(b, now, meter);
     ba.deliver(a, now, meter);
+    timed_poll(a, 0, now, meter);
+    timed_poll(b, 1, now, meter);
     const uint64_t tsc = rte_rdtsc();
     if (t_start == 0 && tsc >= warm_end) {
       t_start = tsc;
       bytes0 = ha.received + hb.received;
+      cpu0 = thread_cpu_seconds();
       segs0 = a.stats().segments_in + b.stats().segments_in;
       cyc0 = meter.cycles[0] + meter.cycles[1];
     } else if (t_start != 0 && tsc - t_start >= span) {
       t_end = tsc;
+      cpu1 = thread_cpu_seconds();
       break;
     }
     if (ha.errors + hb.errors != 0) break;
@@ -412,6 +427,7 @@ BulkResult run_bulk(const Options& o, bool both_ways, uint32_t idle, uint32_t ta
   r.segments_per_s = segs / secs;
   r.cycles_per_segment = segs != 0 ? static_cast<double>(cyc) / static_cast<double>(segs) : 0;
   r.engine_share = static_cast<double>(cyc) / static_cast<double>(t_end - t_start);
+  r.cpu_share = (cpu1 - cpu0) / secs;
   r.ok = bytes > 0 && ha.errors + hb.errors == 0 && ab.malformed + ba.malformed + ab.copy_failures + ba.copy_failures == 0;
   if (!r.ok)
     std::fprintf(stderr, "bulk: bytes %llu errors %llu/%llu malformed %llu copy failures %llu\n",
@@ -564,8 +580,10 @@ struct RpcResult {
   double segments_per_s = 0;  // segments received by both engines
   double per_s = 0;  // transactions (rr) or connection cycles (churn) per second
   double engine_share = 0;
+  double cpu_share = 0;
   bool ok = false;
   std::string why;
+  std::string events;  // engine counters of note (A | B)
 };
 
 // Request/response (churn=false) over `conns` connections, or churn with
@@ -573,9 +591,9 @@ struct RpcResult {
 class RpcRun {
  public:
   RpcRun(const Options& o, uint32_t conns, uint32_t msg, bool churn, uint32_t table, std::vector<double>* latency)
-      : o_(o), n_(conns), churn_(churn), ab_(1), ba_(0), ha_(true, msg), hb_(false, msg),
-        a_(engine_config(0, table), ha_, ab_), b_(engine_config(1, table), hb_, ba_), ca_(conns), cb_(conns),
-        bufs_(static_cast<size_t>(conns) * 2 * msg), by_tuple_(churn ? kTuples : 0, UINT32_MAX) {
+      : o_(o), n_(conns), churn_(churn), ca_(conns), cb_(conns), bufs_(static_cast<size_t>(conns) * 2 * msg),
+        by_tuple_(churn ? kTuples : 0, UINT32_MAX), ab_(1), ba_(0), ha_(true, msg), hb_(false, msg),
+        a_(engine_config(0, table), ha_, ab_), b_(engine_config(1, table), hb_, ba_) {
     ha_.engine = &a_;
     hb_.engine = &b_;
     ha_.latency_us = latency;
@@ -592,6 +610,7 @@ class RpcRun {
     const uint64_t span = static_cast<uint64_t>(o_.seconds * g_hz);
     const uint64_t give_up = rte_rdtsc() + static_cast<uint64_t>((o_.warmup + o_.seconds + 30) * g_hz);
     uint64_t t_start = 0, t_end = 0, count0 = 0, cyc0 = 0, segs0 = 0;
+    double cpu0 = 0, cpu1 = 0;
     size_t lat0 = 0;
     RpcResult r;
     auto stamp = [this](rte_mbuf** batch, uint16_t n, uint64_t tsc) {
@@ -611,21 +630,24 @@ class RpcRun {
     };
     for (;;) {
       const uint64_t now = now_us();
-      timed_poll(a_, 0, now, meter);
-      timed_poll(b_, 1, now, meter);
-      react();
+      // As chimneyd's worker: what arrived first, then timers and output.
       ab_.deliver(b_, now, meter);
       ba_.deliver(a_, now, meter, stamp);
+      react();
+      timed_poll(a_, 0, now, meter);
+      timed_poll(b_, 1, now, meter);
       react();
       const uint64_t tsc = rte_rdtsc();
       if (t_start == 0 && tsc >= warm_end) {
         t_start = tsc;
         count0 = count();
+        cpu0 = thread_cpu_seconds();
         cyc0 = meter.cycles[0] + meter.cycles[1];
         segs0 = a_.stats().segments_in + b_.stats().segments_in;
         lat0 = ha_.latency_us != nullptr ? ha_.latency_us->size() : 0;
       } else if (t_start != 0 && tsc - t_start >= span) {
         t_end = tsc;
+        cpu1 = thread_cpu_seconds();
         break;
       }
       if (ha_.errors + hb_.errors != 0) break;
@@ -643,12 +665,21 @@ class RpcRun {
     const double secs = tsc_seconds(t_end - t_start);
     const uint64_t done = count() - count0;
     r.per_s = done / secs;
+    r.cpu_share = (cpu1 - cpu0) / secs;
     r.segments_per_s = (a_.stats().segments_in + b_.stats().segments_in - segs0) / secs;
     r.engine_share = static_cast<double>(meter.cycles[0] + meter.cycles[1] - cyc0) / static_cast<double>(t_end - t_start);
     r.ok = done > 0 && ab_.malformed + ba_.malformed + ab_.copy_failures + ba_.copy_failures == 0;
     if (!r.ok)
       r.why = "done " + std::to_string(done) + " malformed " + std::to_string(ab_.malformed + ba_.malformed) +
               " copy failures " + std::to_string(ab_.copy_failures + ba_.copy_failures);
+    // What the engines did besides the workload (a stall shows here).
+    r.events = "cpu share " + std::to_string(r.cpu_share).substr(0, 4) + "; ";
+    for (const Engine* e : {&a_, &b_}) {
+      const tcp::EngineStats& st = e->stats();
+      r.events += "retransmits " + std::to_string(st.retransmits) + " rto " + std::to_string(st.rto_expirations) +
+                  " loss_probes " + std::to_string(st.loss_probes) + " no_mbuf " + std::to_string(st.no_mbuf) +
+                  (e == &a_ ? " | " : "");
+    }
     if (churn_ && ha_.latency_us != nullptr && lat0 != 0) {
       // keep only the window's samples
       ha_.latency_us->erase(ha_.latency_us->begin(), ha_.latency_us->begin() + static_cast<long>(lat0));
@@ -741,12 +772,14 @@ class RpcRun {
   bool stopping_ = false;
   uint64_t cycles_ = 0;
   uint32_t next_tuple_ = 0;
-  Link ab_, ba_;
-  RpcHost ha_, hb_;
-  Engine a_, b_;
+  // The connections' requests outlive the links and engines: frames still
+  // queued at the end reference their NetBuffers.
   std::vector<Conn> ca_, cb_;
   std::vector<uint8_t> bufs_;
   std::vector<uint32_t> by_tuple_;
+  Link ab_, ba_;
+  RpcHost ha_, hb_;
+  Engine a_, b_;
 };
 
 // -------------------------------------------------------- idle / memory ----
@@ -846,11 +879,11 @@ void run_inproc(const Options& o, const std::vector<std::string>& only, Figures&
   if (wanted(only, "bulk")) {
     progress("bulk one way");
     BulkResult r1 = run_bulk(o, false, 0, table);
-    f.set("bulk_1way_gbps", r1.gbps, r1.ok);
+    f.set("bulk_1way_gbps", r1.gbps, r1.ok, "cpu share " + std::to_string(r1.cpu_share).substr(0, 4));
     f.set("bulk_1way_segments_per_s", r1.segments_per_s, r1.ok);
     progress("bulk both ways");
     BulkResult r2 = run_bulk(o, true, 0, table);
-    f.set("bulk_2way_gbps", r2.gbps, r2.ok);
+    f.set("bulk_2way_gbps", r2.gbps, r2.ok, "cpu share " + std::to_string(r2.cpu_share).substr(0, 4));
   }
 
   if (wanted(only, "rr")) {
@@ -861,8 +894,8 @@ void run_inproc(const Options& o, const std::vector<std::string>& only, Figures&
         RpcRun run(o, n, msg, false, table, nullptr);
         RpcResult r = run.run();
         const std::string key = "rr_" + std::to_string(msg) + "_" + std::to_string(n);
-        f.set(key, r.per_s, r.ok, r.why);
-        f.set(key + "_segments_per_s", r.segments_per_s, r.ok);
+        f.set(key, r.per_s, r.ok, r.why.empty() ? r.events : r.why);
+        f.set(key + "_segments_per_s", r.segments_per_s, r.ok, r.events);
         if (!r.ok) std::fprintf(stderr, "%s failed: %s\n", key.c_str(), r.why.c_str());
       }
   }
@@ -872,7 +905,7 @@ void run_inproc(const Options& o, const std::vector<std::string>& only, Figures&
     std::vector<double> lat;
     RpcRun run(o, o.churn_parallel, 64, true, table, &lat);
     RpcResult r = run.run();
-    f.set("churn_per_s", r.per_s, r.ok, r.why);
+    f.set("churn_per_s", r.per_s, r.ok, r.why.empty() ? r.events : r.why);
     if (!r.ok) std::fprintf(stderr, "churn failed: %s\n", r.why.c_str());
     latency = lat;
     std::sort(lat.begin(), lat.end());
@@ -890,7 +923,8 @@ void run_inproc(const Options& o, const std::vector<std::string>& only, Figures&
       if (n > table) continue;
       progress("cost per segment, " + std::to_string(n) + " connections open");
       BulkResult r = run_bulk(o, false, n - 1, table);
-      f.set("cost_cycles_" + std::to_string(n), r.cycles_per_segment, r.ok);
+      f.set("cost_cycles_" + std::to_string(n), r.cycles_per_segment, r.ok,
+            "cpu share " + std::to_string(r.cpu_share).substr(0, 4));
       f.set("cost_segments_per_s_" + std::to_string(n), r.segments_per_s, r.ok);
       f.set("cost_gbps_" + std::to_string(n), r.gbps, r.ok);
     }
