@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -148,6 +149,18 @@ int report(const Options& o, const Figures& f, const std::string& csv_path, cons
   for (const auto& p : out)
     std::printf("%-52s %-8s %10s  %-26s %10s %7s %7s\n", p.label.c_str(), p.unit.c_str(), p.chimney.c_str(),
                 p.ref_label.c_str(), p.ref.c_str(), p.ratio.c_str(), p.goal.c_str());
+  double share_min = 2, share_max = 0;
+  for (const auto& k : f.keys()) {
+    const Figure* g = f.get(k);
+    const auto at = g->note.find("cpu share ");
+    if (at == std::string::npos) continue;
+    const double v = std::atof(g->note.c_str() + at + 10);
+    share_min = std::min(share_min, v);
+    share_max = std::max(share_max, v);
+  }
+  if (share_max > 0)
+    std::printf("bench thread's CPU share of the in-process windows: %.2f .. %.2f (below 1: preempted by other load)\n",
+                share_min, share_max);
   for (const auto& k : f.keys()) {
     const Figure* g = f.get(k);
     if (k.rfind("load_", 0) == 0) std::printf("load %s: %s\n", k.substr(5).c_str(), g->note.c_str());
