@@ -90,7 +90,7 @@ std::vector<Row> table_rows(const Options& o) {
   for (uint32_t n : o.cost_connections)
     if (n <= o.connections)
       rows.push_back({"cost per segment, " + std::to_string(n) + " conn open", "cycles", "cost_cycles_" + std::to_string(n),
-                      "cost at 1 conn", n == 1 ? "" : "cost_cycles_1", n == 1 ? "" : "<= 1.5", true});
+                      n == 1 ? "" : "cost at 1 conn", n == 1 ? "" : "cost_cycles_1", n == 1 ? "" : "<= 1.5", true});
   rows.push_back({"memory per idle connection (RSS/N, N=" + std::to_string(o.connections) + ")", "bytes", "idle_bytes_per_conn",
                   "goal 512 B", "", "<= 1", false, 512});
   rows.push_back({"  of which rte_malloc (TCB + hash tables) per slot", "bytes", "idle_rte_bytes_per_slot", "", "", ""});
