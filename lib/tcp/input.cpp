@@ -61,8 +61,22 @@ uint16_t Engine::input(rte_mbuf** pkts, uint16_t n, uint64_t now_us, rte_mbuf** 
       keys[i] = key_from(pkts[base + i]);
       key_ptrs[i] = &keys[i];
     }
+    // A burst of one connection's segments (a bulk stream) needs one lookup,
+    // not a bulk lookup of the same key `cnt` times.
+    bool one_flow = cnt > 1;
+    for (unsigned i = 1; i < cnt && one_flow; ++i)
+      one_flow = keys[i].remote_ip == keys[0].remote_ip && keys[i].local_ip == keys[0].local_ip &&
+                 keys[i].remote_port == keys[0].remote_port && keys[i].local_port == keys[0].local_port;
     uint64_t hits = 0;
-    rte_hash_lookup_bulk_data(table_, key_ptrs, cnt, &hits, data);
+    if (one_flow) {
+      void* d = nullptr;
+      if (rte_hash_lookup_data(table_, &keys[0], &d) >= 0) {
+        hits = (1ull << cnt) - 1;  // cnt <= 32
+        for (unsigned i = 0; i < cnt; ++i) data[i] = d;
+      }
+    } else {
+      rte_hash_lookup_bulk_data(table_, key_ptrs, cnt, &hits, data);
+    }
     for (unsigned i = 0; i < cnt; ++i) {
       rte_mbuf* m = pkts[base + i];
       if (hits & (1ull << i)) {
