@@ -336,7 +336,9 @@ void Engine::output(Tcb& c) {
         // window, unless it is half the largest window ever offered.
         if (len < avail && len < c.snd.max_wnd / 2 && !c.flags.sws_override) break;
         // RFC 9293 §3.7.4 Nagle: one small segment outstanding at a time.
-        if (c.nagle && len == avail && c.snd.una != c.snd.max) break;
+        // New data only: a retransmission (snd.nxt went back after a
+        // timeout) is what is outstanding, and must not wait for itself.
+        if (c.nagle && len == avail && c.snd.una != c.snd.max && !seq_lt(c.snd.nxt, c.snd.max)) break;
       }
       const bool retransmission = seq_lt(c.snd.nxt, c.snd.max);
       if (!send_segment(c, c.snd.nxt, len, kAck | (fin ? kFin : 0), retransmission)) break;

@@ -1332,6 +1332,31 @@ TEST_F(Rfc, Rfc9293_NagleHoldsSmallSegmentUntilAck) {
   EXPECT_EQ(full.payload.size(), kMss);
 }
 
+// RFC 9293 §3.7.4 with RFC 6298 §5.4: Nagle holds new small data, never the
+// retransmission of a small segment that is itself what is outstanding (a
+// lost last segment of a stream, with Nagle on, stalled until the
+// retransmission limit).
+TEST_F(Rfc, Rfc9293_NagleNeverHoldsTheRetransmissionOfASmallSegment) {
+  offload_with([](OffloadState& s) {
+    s.cached.nagle = true;
+    s.constant.sack = false;  // no tail loss probe: the RTO retransmits
+  });
+  send_data(std::string(kMss + 100, 't'));
+  drain();
+  peer(kIrs, kIss + kMss, ACK);  // the first segment arrived
+  std::vector<Seg> tail = drain();
+  ASSERT_FALSE(tail.empty());
+  EXPECT_EQ(tail.back().seq, kIss + kMss);
+  EXPECT_EQ(tail.back().payload.size(), 100u);
+  // The tail is lost: the RTO must resend it although it is small and unACKed.
+  advance(1500);
+  std::vector<Seg> again = drain();
+  ASSERT_FALSE(again.empty()) << "the RTO sent nothing";
+  EXPECT_EQ(again[0].seq, kIss + kMss);
+  EXPECT_EQ(again[0].payload.size(), 100u);
+  EXPECT_GE(engine->stats().rto_expirations, 1u);
+}
+
 TEST_F(Rfc, Rfc9293_NagleOffSendsSmallSegmentsAtOnce) {
   offload_with([](OffloadState& s) { s.cached.nagle = false; });
   send_data("a");
