@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Linux side of the fault tests: many connections, data both ways at once.
+
+  bulk_peer.py PORT NCONN NBYTES
+
+Listens on PORT (prints 'listening'), accepts NCONN connections and, on each
+at the same time, sends NBYTES of the test stream (peer.stream) and then its
+FIN, while it reads what the other side sends until EOF. When every
+connection has ended it prints one JSON line: a list, per connection in
+accept order, of {peer_port, bytes_in, sha256_in, bytes_out, end} where end
+is 'eof' or the error (ECONNRESET...). One thread, non-blocking sockets.
+"""
+import errno
+import hashlib
+import json
+import selectors
+import socket
+import sys
+
+from peer import PERIOD, _DOUBLE
+
+VIEW = memoryview(_DOUBLE)
+CHUNK = 1 << 18
+
+
+class Conn:
+    def __init__(self, sock, addr, nbytes):
+        self.sock = sock
+        self.port = addr[1]
+        self.to_send = nbytes
+        self.sent = 0
+        self.h = hashlib.sha256()
+        self.received = 0
+        self.end = None
+        self.eof = False
+        self.shut = False
+
+    def result(self):
+        return {"peer_port": self.port, "bytes_in": self.received, "sha256_in": self.h.hexdigest(),
+                "bytes_out": self.sent, "end": self.end}
+
+
+def main():
+    port, nconn, nbytes = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(nconn)
+    print("listening", flush=True)
+    sel = selectors.DefaultSelector()
+    conns = []
+    while len(conns) < nconn:
+        s, addr = srv.accept()
+        s.setblocking(False)
+        c = Conn(s, addr, nbytes)
+        conns.append(c)
+        sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
+    srv.close()
+    live = nconn
+    while live:
+        for key, mask in sel.select(timeout=1.0):
+            c = key.data
+            try:
+                if mask & selectors.EVENT_WRITE and c.sent < c.to_send:
+                    off = c.sent % PERIOD
+                    n = min(CHUNK, c.to_send - c.sent, 2 * PERIOD - off)
+                    c.sent += c.sock.send(VIEW[off:off + n])
+                if c.sent == c.to_send and not c.shut:
+                    c.sock.shutdown(socket.SHUT_WR)  # our FIN after the last byte
+                    c.shut = True
+                if mask & selectors.EVENT_READ and not c.eof:
+                    data = c.sock.recv(1 << 20)
+                    if data:
+                        c.h.update(data)
+                        c.received += len(data)
+                    else:
+                        c.eof = True  # their FIN: we may still be sending
+                if c.eof and c.shut:
+                    c.end = "eof"
+                else:
+                    sel.modify(c.sock, (0 if c.eof else selectors.EVENT_READ)
+                               | (0 if c.shut else selectors.EVENT_WRITE), c)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                c.end = errno.errorcode.get(e.errno, str(e))
+            if c.end is not None:
+                sel.unregister(c.sock)
+                c.sock.close()
+                live -= 1
+    print(json.dumps([c.result() for c in conns]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
