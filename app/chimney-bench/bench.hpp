@@ -57,6 +57,9 @@ void run_inproc(const Options& o, const std::vector<std::string>& only, Figures&
 void run_linux(const Options& o, const std::vector<std::string>& only, Figures& f);
 // dpdk-testpmd macswap over a memif pair (reference.cpp)
 void run_wire(const Options& o, Figures& f);
+// tests/pktgen's three traffic patterns replayed against one engine (patterns.cpp); needs the EAL
+void run_patterns(const Options& o, Figures& f);
+std::vector<std::string> garbage_drop_reasons();  // the DropReasons of the garbage frames, in order
 
 std::string load_average();  // /proc/loadavg's first three fields
 

@@ -5,6 +5,7 @@
 //   chimney-bench inproc  [options]   the in-process engine figures only
 //   chimney-bench linux   [options]   the Linux reference only
 //   chimney-bench wire    [options]   the memif wire limit only
+//   chimney-bench patterns [options]  tests/pktgen's three traffic patterns, replayed in-process
 //   chimney-bench smoke               every workload briefly; non-zero if one moved nothing
 #include <sched.h>
 #include <unistd.h>
@@ -105,6 +106,15 @@ std::vector<Row> table_rows(const Options& o) {
   rows.push_back({"wire limit: memif testpmd macswap 1514 B", "pkt/s", "wire_memif_1514_pps", "", "", ""});
   rows.push_back({"wire limit: memif testpmd macswap 1514 B", "bit/s", "wire_memif_1514_bps", "", "", ""});
   rows.push_back({"in-process handoff only, 64 B", "pkt/s", "handoff_pps_64", "", "", ""});
+  rows.push_back({"pktgen pattern 1: in-window 1460 B segments", "seg/s", "pat_inwindow_segments_per_s",
+                  "memif testpmd 1514 B", "wire_memif_1514_pps", ""});
+  rows.push_back({"  its goodput (delivered into posted receives)", "Gbit/s", "pat_inwindow_gbps", "", "", ""});
+  rows.push_back({"  bytes delivered, every one checked", "bytes", "pat_inwindow_bytes_checked", "", "", ""});
+  rows.push_back({"pktgen pattern 2: SYN flood, all to the slow path", "SYN/s", "pat_syn_per_s", "", "", ""});
+  rows.push_back({"pktgen pattern 3: garbage frames dropped", "frames/s", "pat_garbage_per_s", "", "", ""});
+  rows.push_back({"  garbage frames not dropped as expected", "frames", "pat_garbage_mismatches", "", "", ""});
+  for (const std::string& r : garbage_drop_reasons())
+    rows.push_back({"  garbage drops: " + r, "frames", "pat_garbage_drop_" + r, "", "", ""});
   return rows;
 }
 
@@ -231,10 +241,10 @@ int main(int argc, char** argv) {
   Options o;
   std::string command, csv, raw_csv, plot_dir, rr_list, cost_list, linux_rr_list, only_list;
   uint64_t memory_mb = 0;
-  po::options_description desc("chimney-bench <run|inproc|linux|wire|smoke> [options]");
+  po::options_description desc("chimney-bench <run|inproc|linux|wire|patterns|smoke> [options]");
   desc.add_options()
       ("help,h", "this text")
-      ("command", po::value(&command), "run | inproc | linux | wire | smoke")
+      ("command", po::value(&command), "run | inproc | linux | wire | patterns | smoke")
       ("csv", po::value(&csv), "write the table as CSV to this file")
       ("raw-csv", po::value(&raw_csv), "write every figure (key,value,ok,note) to this file")
       ("plot-data", po::value(&plot_dir), "write gnuplot data files (rr.dat, cost.dat, latency.dat) to this directory")
@@ -245,7 +255,7 @@ int main(int argc, char** argv) {
       ("linux-rr-connections", po::value(&linux_rr_list)->default_value("1,100,10000"), "... for the Linux reference")
       ("cost-connections", po::value(&cost_list)->default_value("1,1000,100000,1000000"), "connections open for the cost per segment")
       ("churn-parallel", po::value(&o.churn_parallel)->default_value(64), "connections cycling at once in the churn workload")
-      ("only", po::value(&only_list), "workloads to run: idle,bulk,rr,churn,cost,handoff (default all)")
+      ("only", po::value(&only_list), "workloads to run: idle,bulk,rr,churn,cost,handoff,patterns (default all)")
       ("cpu", po::value(&o.cpu)->default_value(1), "the core every measured process runs on")
       ("other-cpu", po::value(&o.other_cpu)->default_value(0), "testpmd's main lcore")
       ("memory", po::value(&memory_mb), "EAL memory in MiB (default from --connections)")
@@ -282,12 +292,16 @@ int main(int argc, char** argv) {
   const std::vector<std::string> only = parse_words(only_list);
   if (o.peer_path.empty()) o.peer_path = self_dir() + "/chimney-bench-peer";
   o.load_note = load_average();
-  if (memory_mb == 0) memory_mb = o.smoke ? 1024 : 1536 + static_cast<uint64_t>(o.connections) * 2600 / 1'000'000;
+  if (memory_mb == 0)
+    memory_mb = o.smoke || command == "patterns" ? 1024 : 1536 + static_cast<uint64_t>(o.connections) * 2600 / 1'000'000;
 
+  const bool patterns = command == "patterns" ||
+      ((command == "run" || command == "inproc" || command == "smoke") &&
+       (only.empty() || std::find(only.begin(), only.end(), "patterns") != only.end()));
   const bool inproc = command == "run" || command == "inproc" || command == "smoke";
   const bool linux_ref = command == "run" || command == "linux" || command == "smoke";
   const bool wire = command == "run" || command == "wire" || command == "smoke";
-  if (!inproc && !linux_ref && !wire) {
+  if (!inproc && !linux_ref && !wire && !patterns) {
     std::cerr << "unknown command " << command << "\n" << desc;
     return 2;
   }
@@ -304,6 +318,19 @@ int main(int argc, char** argv) {
     } catch (const std::exception& e) {
       std::fprintf(stderr, "inproc: %s\n", e.what());
       f.fail("inproc", e.what());
+    }
+  }
+  if (patterns) {
+    if (!inproc && !init_eal(o, memory_mb)) {
+      std::fprintf(stderr, "rte_eal_init failed\n");
+      return 1;
+    }
+    f.set("load_patterns", 0, true, load_average());
+    try {
+      run_patterns(o, f);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "patterns: %s\n", e.what());
+      f.fail("patterns", e.what());
     }
   }
   if (linux_ref) {
@@ -341,6 +368,6 @@ int main(int argc, char** argv) {
     if (!latency.empty()) lat << latency.back() << " 1\n";
   }
   const int rc = report(o, f, csv, raw_csv, command == "smoke");
-  if (inproc) rte_eal_cleanup();
+  if (inproc || patterns) rte_eal_cleanup();
   return rc;
 }
