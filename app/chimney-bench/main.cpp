@@ -7,6 +7,7 @@
 //   chimney-bench wire    [options]   the memif wire limit only
 //   chimney-bench patterns [options]  tests/pktgen's three traffic patterns, replayed in-process
 //   chimney-bench smoke               every workload briefly; non-zero if one moved nothing
+#include <filesystem>
 #include <sched.h>
 #include <unistd.h>
 
@@ -368,6 +369,11 @@ int main(int argc, char** argv) {
     if (!latency.empty()) lat << latency.back() << " 1\n";
   }
   const int rc = report(o, f, csv, raw_csv, command == "smoke");
-  if (inproc || patterns) rte_eal_cleanup();
+  if (inproc || patterns) {
+    const std::string runtime = rte_eal_get_runtime_dir();
+    rte_eal_cleanup();
+    std::error_code ignored;  // our EAL runtime directory (cbench-<pid>), as chimney.testing does
+    std::filesystem::remove_all(runtime, ignored);
+  }
   return rc;
 }

@@ -2,6 +2,7 @@
 // two network namespaces over a veth pair (chimney-bench-peer, pinned to the
 // same core), and the wire limit of memif (dpdk-testpmd in macswap mode
 // forwarding between the two ends of one memif, one forwarding core).
+#include <filesystem>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -247,6 +248,8 @@ void run_wire(const Options& o, Figures& f) {
     const std::string text = slurp(out);
     std::remove(out.c_str());
     std::remove(sock.c_str());
+    std::error_code ignored;  // testpmd's EAL runtime directory (our prefix only)
+    std::filesystem::remove_all("/var/run/dpdk/cbench-tp" + std::to_string(getpid()), ignored);
     // "Rx-pps: N   Rx-bps: M" once per port per period, port 0 then 1.
     std::vector<double> pps, bps;
     std::istringstream is(text);
