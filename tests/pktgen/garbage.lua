@@ -26,15 +26,7 @@ if os.getenv("PG_RND") == "1" then
     local v = C.values()
     pktgen.pcap(p, "off")
     pktgen.set_range(p, "off")
-    pktgen.set_type(p, "ipv4")
-    pktgen.set_proto(p, "tcp")
-    pktgen.set_mac(p, "dst", v.chimney_mac)
-    pktgen.set_mac(p, "src", v.peer_mac)
-    pktgen.set_ipaddr(p, "dst", v.chimney_ip)
-    pktgen.set_ipaddr(p, "src", v.peer_ip .. "/24")
-    pktgen.set(p, "sport", v.sport)
-    pktgen.set(p, "dport", v.dport)
-    pktgen.set(p, "size", 64)
+    C.single_tcp(p, v, 64, v.sport, v.dport)
     -- TCP checksum: Ethernet 14 + IPv4 20 + 16 = byte 50; the 32-bit field
     -- there covers the checksum and the urgent pointer: the first 16 bits random.
     pktgen.rnd(p, 0, 50, "XXXXXXXXXXXXXXXX................")

@@ -20,26 +20,14 @@ local v = C.values()
 local p = C.port
 
 pktgen.stop(p)
-pktgen.set_type(p, "ipv4")
-pktgen.set_proto(p, "tcp")
-pktgen.set_mac(p, "dst", v.chimney_mac)
-pktgen.set_mac(p, "src", v.peer_mac)
-pktgen.set_ipaddr(p, "dst", v.chimney_ip)
-pktgen.set_ipaddr(p, "src", v.peer_ip .. "/24")
-pktgen.set(p, "sport", v.sport)
-pktgen.set(p, "dport", v.dport)
-pktgen.set(p, "size", v.pkt_size)
+C.single_tcp(p, v, v.pkt_size, v.sport, v.dport)
 pktgen.set(p, "rate", tonumber(os.getenv("PG_RATE") or "100"))
 pktgen.set(p, "count", 0)
 
-pktgen.range.ip_proto(p, "tcp")
-pktgen.range.dst_mac(p, "start", v.chimney_mac)
-pktgen.range.src_mac(p, "start", v.peer_mac)
-C.range_fixed_ip(p, "dst_ip", v.chimney_ip)
+C.range_to_chimney(p, v, v.pkt_size)
 C.range_fixed_ip(p, "src_ip", v.peer_ip)
 C.range_fixed_num(p, "src_port", v.sport)
 C.range_fixed_num(p, "dst_port", v.dport)
-C.range_fixed_num(p, "pkt_size", v.pkt_size)
 
 -- TCP fields: only the CLI sets them in range mode.
 C.cli({

@@ -53,6 +53,30 @@ function M.range_fixed_num(port, field, value)
     pktgen.range[field](port, "inc", 0)
 end
 
+-- The single-packet TCP headers from chimney's peer to chimney (values.lua),
+-- `size` bytes, ports given (nil: pktgen's own).
+function M.single_tcp(port, v, size, sport, dport)
+    pktgen.set_type(port, "ipv4")
+    pktgen.set_proto(port, "tcp")
+    pktgen.set_mac(port, "dst", v.chimney_mac)
+    pktgen.set_mac(port, "src", v.peer_mac)
+    pktgen.set_ipaddr(port, "dst", v.chimney_ip)
+    pktgen.set_ipaddr(port, "src", v.peer_ip .. "/24")
+    if sport then pktgen.set(port, "sport", sport) end
+    if dport then pktgen.set(port, "dport", dport) end
+    pktgen.set(port, "size", size)
+end
+
+-- Range mode, TCP, from chimney's peer MAC to chimney: the fields every
+-- pattern fixes the same way.
+function M.range_to_chimney(port, v, size)
+    pktgen.range.ip_proto(port, "tcp")
+    pktgen.range.dst_mac(port, "start", v.chimney_mac)
+    pktgen.range.src_mac(port, "start", v.peer_mac)
+    M.range_fixed_ip(port, "dst_ip", v.chimney_ip)
+    M.range_fixed_num(port, "pkt_size", size)
+end
+
 -- Sends for `seconds` (0: until stopped from the console), printing what
 -- pktgen sent and received once a second.
 function M.run(port, seconds)

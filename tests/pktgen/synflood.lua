@@ -24,24 +24,14 @@ if v.listen_port == 0 then
 end
 
 pktgen.stop(p)
-pktgen.set_type(p, "ipv4")
-pktgen.set_proto(p, "tcp")
-pktgen.set_mac(p, "dst", v.chimney_mac)
-pktgen.set_mac(p, "src", v.peer_mac)
-pktgen.set_ipaddr(p, "dst", v.chimney_ip)
--- pktgen answers ARP for this address (chimneyd's gateway) with input processing on.
-pktgen.set_ipaddr(p, "src", v.peer_ip .. "/24")
+C.single_tcp(p, v, 64)
+-- pktgen answers ARP for the peer address (chimneyd's gateway) with input processing on.
 pktgen.process(p, "on")
-pktgen.set(p, "size", 64)
 pktgen.set(p, "rate", tonumber(os.getenv("PG_RATE") or "100"))
 pktgen.set(p, "count", 0)
 
-pktgen.range.ip_proto(p, "tcp")
-pktgen.range.dst_mac(p, "start", v.chimney_mac)
-pktgen.range.src_mac(p, "start", v.peer_mac)
-C.range_fixed_ip(p, "dst_ip", v.chimney_ip)
+C.range_to_chimney(p, v, 64)
 C.range_fixed_num(p, "dst_port", v.listen_port)
-C.range_fixed_num(p, "pkt_size", 64)
 
 pktgen.range.src_ip(p, "start", v.syn_src_min)
 pktgen.range.src_ip(p, "min", v.syn_src_min)
