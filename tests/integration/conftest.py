@@ -114,16 +114,17 @@ class LinuxCtl:
         return out
 
 
-def send_stream(conn, total, chunk=MiB, window=8, stop=None):
-    """Sends `total` bytes of the test stream (peer.stream) through a
-    chimney.client Connection with `window` SENDs in flight; every one must
-    complete SUCCESS with all its bytes (C-6). Returns the bytes sent."""
+def send_stream(conn, total, chunk=MiB, window=8, stop=None, start=0):
+    """Sends `total` bytes of the test stream (peer.stream) from its offset
+    `start` through a chimney.client Connection with `window` SENDs in flight;
+    every one must complete SUCCESS with all its bytes (C-6). Returns the
+    bytes sent."""
     import peer as stream_peer
     pending, sent = [], 0
     while sent < total or pending:
         while sent < total and len(pending) < window and not (stop and stop.is_set()):
             n = min(chunk, total - sent)
-            pending.append((conn.send(stream_peer.stream(n, sent)), n))
+            pending.append((conn.send(stream_peer.stream(n, start + sent)), n))
             sent += n
         if not pending:
             break

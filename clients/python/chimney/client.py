@@ -13,6 +13,10 @@ copied into the region, RECEIVE data is read from it) and one reader thread that
 reads messages as they arrive and hands each to whoever waits for its tag
 (requests, calls) or queues it (events, accepted connections).
 
+A host that dies leaves its session detached for chimneyd's control-grace-s;
+a new host takes it over with Target.attach(path, state), where `state` is
+what the dead host's Target.resume_state() returned (docs/CLIENT.md).
+
 Statuses are NDIS names ("NDIS_STATUS_SUCCESS", CONTRACT.md). A request the
 target refuses (ERROR) raises ChimneyError with its code and text; waits with a
 timeout raise TimeoutError when it passes; everything waiting raises
@@ -50,6 +54,10 @@ class ChimneyError(Exception):
         self.text = text
         self.status = _code_name(code) if code is not None else None
         super().__init__(f"{self.status}: {text}" if code is not None else text)
+
+
+def attach_error(text: str) -> ChimneyError:
+    return ChimneyError(None, f"attach: {text}")
 
 
 class RegionFull(ChimneyError):
@@ -137,15 +145,19 @@ class _Waiter:
 
 
 class Request:
-    """A SEND, RECEIVE or DISCONNECT in flight; completed exactly once."""
+    """A SEND, RECEIVE or DISCONNECT in flight; completed exactly once.
+    `inherited`: posted by the dead host whose session Target.attach took over."""
 
     def __init__(self, target: "Target", conn: "Connection", kind: str, tag: int,
-                 buf: Optional[Tuple[int, int]]):
+                 buf: Optional[Tuple[int, int]], inherited: bool = False):
         self.target = target
         self.conn = conn
         self.kind = kind  # "send", "receive", "disconnect"
         self.tag = tag
+        self.inherited = inherited
         self._buf = buf   # (offset, allocated length) in the region, freed on completion
+        self._data_off = buf[0] if buf else None  # where its data starts (None: not in our mapping)
+        self.region = 0   # the region id its buffer is in (0: no buffer)
         self._waiter = _Waiter({"send": (p.MsgType.SEND_COMPLETE,),
                                 "receive": (p.MsgType.RECEIVE_COMPLETE,),
                                 "disconnect": (p.MsgType.DISCONNECT_COMPLETE,)}[kind])
@@ -168,7 +180,7 @@ class Request:
 
     def __repr__(self):
         state = self.completion.status if self.completion else ("failed" if self._waiter.error else "pending")
-        return f"<Request {self.kind} tag={self.tag} {state}>"
+        return f"<Request {self.kind} tag={self.tag} {state}{' inherited' if self.inherited else ''}>"
 
 
 class Connection:
@@ -203,7 +215,9 @@ class Connection:
         (field names of chimney::DelegatedState, 'state' as a TcpState name) with
         'send_data': [(tag, bytes_transferred), ...] of the sends handed back,
         'unacked_send_data': their bytes not yet ACKed, in order (what a new
-        offload inherits), and 'receive_data': the undelivered bytes."""
+        offload inherits; None when one of them is an inherited send whose
+        buffer this Target does not map), and 'receive_data': the undelivered
+        bytes."""
         return self.target._terminate(self, timeout)
 
     def __repr__(self):
@@ -241,8 +255,37 @@ class _Allocator:
             self.free[i - 1][1] += self.free[i][1]
             del self.free[i]
 
+    def reserve(self, off: int, n: int) -> Optional[Tuple[int, int]]:
+        """Marks [off, off + n), widened to 64-byte boundaries, in use (the
+        buffer of a request another Target allocated); None if any of it is
+        not free."""
+        start = off // _ALIGN * _ALIGN
+        end = max(start + _ALIGN, (off + n + _ALIGN - 1) // _ALIGN * _ALIGN)
+        for i, (f_off, f_len) in enumerate(self.free):
+            if f_off <= start and end <= f_off + f_len:
+                pieces = [[f_off, start - f_off], [end, f_off + f_len - end]]
+                self.free[i:i + 1] = [p_ for p_ in pieces if p_[1] > 0]
+                return start, end - start
+        return None
+
     def available(self) -> int:
         return sum(length for _, length in self.free)
+
+
+def region_memfd(size: int, name: str = "chimney-region") -> int:
+    """A memfd of `size` bytes as chimneyd takes a region (sealed against
+    shrinking). A host that wants a successor to read its buffers after it
+    dies keeps a copy of this descriptor in a process that outlives it and
+    passes it as Target(region_fd=...) and Target.attach(region_fd=...)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, size)
+        # chimneyd maps the region; sealed, it can never shrink under it.
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 _EVENT_KINDS = {k: k.name for k in p.WireEvent}
@@ -342,15 +385,110 @@ def delegated_to_dict(d: p.DelegatedState) -> Dict[str, Any]:
     return out
 
 
+_STATE_KEYS = ("session", "next_tag", "region", "connections", "requests")
+_CONN_KEYS = ("handle", "remote_ip", "remote_port", "local_ip", "local_port")
+_REQUEST_KEYS = ("tag", "handle", "kind", "region", "offset", "length")
+_FIRST_TAG_UNKNOWN = 1 << 48  # tags of a taken-over session whose next_tag is not known start here
+
+
+def _uint(v, bits: int, what: str, low: int = 0) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not low <= v < (1 << bits):
+        raise attach_error(f"{what} must be an integer in [{low}, 2**{bits}), got {v!r}")
+    return v
+
+
+def _dict_of(v, keys: Tuple[str, ...], what: str) -> Dict[str, Any]:
+    if not isinstance(v, dict):
+        raise attach_error(f"{what} must be a dict, got {type(v).__name__}")
+    unknown = sorted(set(v) - set(keys))
+    if unknown:
+        raise attach_error(f"{what}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(keys)})")
+    return v
+
+
+def _parse_resume_state(state) -> Dict[str, Any]:
+    """Checks a resume state (Target.resume_state() or a bare session id)
+    before anything is sent; ChimneyError names what is wrong."""
+    if isinstance(state, int) and not isinstance(state, bool):
+        state = {"session": state}
+    d = _dict_of(state, _STATE_KEYS, "the state (Target.resume_state() or a session id)")
+    if "session" not in d:
+        raise attach_error("the state has no 'session' (the id HELLO_REPLY gave the dead host)")
+    out: Dict[str, Any] = {"session": _uint(d["session"], 64, "'session'", 1)}
+    region = None
+    if d.get("region") is not None:
+        r = _dict_of(d["region"], ("id", "size"), "'region'")
+        if "id" not in r or "size" not in r:
+            raise attach_error("'region' needs 'id' and 'size'")
+        region = {"id": _uint(r["id"], 32, "'region' id", 1), "size": _uint(r["size"], 64, "'region' size", 1)}
+    out["region"] = region
+    conns: List[Dict[str, Any]] = []
+    seen = set()
+    raw_conns = d.get("connections", [])
+    if not isinstance(raw_conns, (list, tuple)):
+        raise attach_error(f"'connections' must be a list, got {type(raw_conns).__name__}")
+    for i, c in enumerate(raw_conns):
+        c = _dict_of(c, _CONN_KEYS, f"connections[{i}]")
+        if "handle" not in c:
+            raise attach_error(f"connections[{i}] has no 'handle'")
+        h = _uint(c["handle"], 32, f"connections[{i}] handle", 1)
+        if h in seen:
+            raise attach_error(f"handle {h:#x} is named twice")
+        seen.add(h)
+        conns.append({"handle": h, "remote_ip": str(c.get("remote_ip", "")),
+                      "remote_port": _uint(c.get("remote_port", 0), 16, f"connections[{i}] remote_port"),
+                      "local_ip": str(c.get("local_ip", "")),
+                      "local_port": _uint(c.get("local_port", 0), 16, f"connections[{i}] local_port")})
+    out["connections"] = conns
+    reqs: List[Dict[str, Any]] = []
+    tags = set()
+    raw_reqs = d.get("requests", [])
+    if not isinstance(raw_reqs, (list, tuple)):
+        raise attach_error(f"'requests' must be a list, got {type(raw_reqs).__name__}")
+    for i, r in enumerate(raw_reqs):
+        r = _dict_of(r, _REQUEST_KEYS, f"requests[{i}]")
+        missing = [k for k in ("tag", "handle", "kind") if k not in r]
+        if missing:
+            raise attach_error(f"requests[{i}] has no {', '.join(map(repr, missing))}")
+        tag = _uint(r["tag"], 64, f"requests[{i}] tag", 1)
+        if tag in tags:
+            raise attach_error(f"tag {tag} is named twice")
+        tags.add(tag)
+        h = _uint(r["handle"], 32, f"requests[{i}] handle", 1)
+        if h not in seen:
+            raise attach_error(f"requests[{i}] (tag {tag}) is on handle {h:#x}, which 'connections' does not name")
+        if r["kind"] not in ("send", "receive", "disconnect"):
+            raise attach_error(f"requests[{i}] kind must be 'send', 'receive' or 'disconnect', got {r['kind']!r}")
+        length = _uint(r.get("length", 0), 32, f"requests[{i}] length")
+        reqs.append({"tag": tag, "handle": h, "kind": r["kind"],
+                     "region": _uint(r.get("region", region["id"] if region and length else 0), 32,
+                                     f"requests[{i}] region"),
+                     "offset": _uint(r.get("offset", 0), 64, f"requests[{i}] offset"), "length": length})
+    out["requests"] = reqs
+    if d.get("next_tag") is None:
+        out["next_tag"] = max([_FIRST_TAG_UNKNOWN] + [t + 1 for t in tags])
+    else:
+        out["next_tag"] = _uint(d["next_tag"], 64, "'next_tag'", 1)
+        if tags and max(tags) >= out["next_tag"]:
+            raise attach_error(f"'next_tag' {out['next_tag']} is not above every request's tag (up to {max(tags)})")
+    return out
+
+
 class Target:
     """A session with chimneyd: connects, says HELLO, registers one memfd region
-    of `region_size` bytes. `timeout` bounds each call that waits for a reply
-    (HELLO, REGISTER_MEMORY, CONNECT, LISTEN, OFFLOAD, TERMINATE, STATS)."""
+    of `region_size` bytes (default 256 MiB). `timeout` bounds each call that
+    waits for a reply (HELLO, REGISTER_MEMORY, CONNECT, LISTEN, OFFLOAD,
+    TERMINATE, STATS, ATTACH).
 
-    def __init__(self, socket_path: str = DEFAULT_SOCKET, region_size: int = DEFAULT_REGION_SIZE,
-                 timeout: Optional[float] = 10.0):
+    `region_fd`: a memfd of the caller's (region_memfd()) to register instead
+    of a new one; the caller keeps it (the Target never closes it), so that a
+    process that outlives this one can give it to Target.attach. `attach`: see
+    Target.attach, which is the way to use it."""
+
+    def __init__(self, socket_path: str = DEFAULT_SOCKET, region_size: Optional[int] = None,
+                 timeout: Optional[float] = 10.0, *, region_fd: Optional[int] = None, attach=None):
+        plan = _parse_resume_state(attach) if attach is not None else None
         self.socket_path = socket_path
-        self.region_size = region_size
         self.timeout = timeout
         self._lock = threading.Lock()
         self._wlock = threading.Lock()
@@ -363,16 +501,53 @@ class Target:
         self._next_tag = 1
         self._closed: Optional[ChimneyError] = None
         self.unsolicited_errors: List[Tuple[int, str]] = []  # ERRORs with tag 0 or an unknown tag
+        # Replies no request or call of this Target waits for (after an attach:
+        # completions of requests the dead host posted and `attach` was not told of).
+        self.unclaimed: List[p.Message] = []
+        self.inherited: List[Request] = []  # attach: the dead host's requests, in the state's order
+        self.attached: Optional[p.Attached] = None  # attach: ATTACHED (connections, regions)
         self.session = 0
         self.server_version = 0
         self.max_message = p.MAX_MESSAGE
         self.region = 0
-        self._fd = -1
+        self._fd = -1  # the memfd this Target made (closed on close(); a region_fd is the caller's)
         self._map: Optional[mmap.mmap] = None
+        self._sock = None
+
+        if region_fd is not None:
+            try:
+                size = os.fstat(region_fd).st_size
+            except (OSError, TypeError, ValueError) as e:
+                raise ChimneyError(None, f"region_fd {region_fd!r}: {e}") from None
+            if plan is not None:
+                if plan["region"] is None:
+                    raise attach_error("region_fd needs the state's 'region' (the id and size of the region "
+                                       "this memory is)")
+                if region_size is not None and region_size != plan["region"]["size"]:
+                    raise attach_error(f"region_size {region_size} is not the state's region size "
+                                       f"{plan['region']['size']}")
+                region_size = plan["region"]["size"]
+            elif region_size is None:
+                region_size = size
+            if size < region_size:
+                text = f"region_fd is {size} bytes, smaller than the region's {region_size}"
+                raise attach_error(text) if plan is not None else ChimneyError(None, text)
+        elif region_size is None:
+            region_size = DEFAULT_REGION_SIZE
+        if region_size <= 0:
+            raise ValueError(f"region_size must be positive, got {region_size}")
+        self.region_size = region_size
         self._alloc = _Allocator(region_size)
 
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            if region_fd is not None:
+                try:
+                    self._map = mmap.mmap(region_fd, region_size)
+                except OSError as e:
+                    raise ChimneyError(None, f"region_fd {region_fd}: cannot map it: {e}") from None
+            if plan is not None:
+                self._take_over(plan, mapped=region_fd is not None)
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._sock.settimeout(timeout)
             self._sock.connect(socket_path)
             self._sock.settimeout(None)
@@ -384,16 +559,108 @@ class Target:
                                    f"server speaks version {reply.server_version}, this client {p.VERSION}")
             self.session, self.server_version, self.max_message = (reply.session, reply.server_version,
                                                                    reply.max_message)
-            self._fd = os.memfd_create("chimney-region", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-            os.ftruncate(self._fd, region_size)
-            # chimneyd maps the region; sealed, it can never shrink under it.
-            fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
-            self._map = mmap.mmap(self._fd, region_size)
-            self.region = self._call(p.RegisterMemory(region_size), (p.MsgType.REGISTERED,), timeout,
-                                     fd=self._fd).body.region
+            if plan is not None:
+                self._attach(plan, timeout)
+            if region_fd is None:
+                self._fd = region_memfd(region_size)
+                self._map = mmap.mmap(self._fd, region_size)
+            if region_fd is None or plan is None:
+                self.region = self._call(p.RegisterMemory(region_size), (p.MsgType.REGISTERED,), timeout,
+                                         fd=self._fd if region_fd is None else region_fd).body.region
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def attach(cls, socket_path: str, state, *, region_fd: Optional[int] = None,
+               region_size: Optional[int] = None, timeout: Optional[float] = 10.0) -> "Target":
+        """Takes over the detached session of a host that went away (ATTACH,
+        docs/CONTROL_PROTOCOL.md "Sessions"), within chimneyd's control-grace-s.
+
+        `state`: what the dead host's Target.resume_state() returned (JSON-able),
+        or just its session id. The session's connections become Connection
+        objects of this Target (`connections`), with the same handles; the
+        requests the dead host had outstanding become Request objects
+        (`inherited`), with the same tags, and complete when the target's
+        completions for them arrive: those queued while nobody was attached
+        follow ATTACHED, the rest come as the requests finish. Events of the
+        connections come through next_event() as usual.
+
+        `region_fd`: the dead host's region memory (a memfd kept by a process
+        that outlived it): mapped again, so inherited receives carry their
+        data and new requests use the same region. Without it a new region of
+        `region_size` bytes is registered for new requests, and inherited
+        receives complete with data None (their bytes are in memory only
+        chimneyd still maps).
+
+        New tags start at the state's next_tag (2**48 when the state has none),
+        so none collides with a tag of the dead host. Completions the target had
+        already written to the dead host's socket are gone: a request in
+        `state` that completed that way never completes here (wait with a
+        timeout). `attached` holds what ATTACHED counted (connections, regions);
+        compare it with the state. Raises ChimneyError for a bad state or
+        region_fd (before anything is sent) and for no detached session with
+        that id and this uid (NOT_ALLOWED); TimeoutError when no reply comes in
+        `timeout`."""
+        return cls(socket_path, region_size, timeout, region_fd=region_fd, attach=state)
+
+    def _take_over(self, plan: Dict[str, Any], mapped: bool) -> None:
+        """Before ATTACH is sent: the connections and requests of the state, so
+        that the completions and events following ATTACHED find them."""
+        for c in plan["connections"]:
+            self._conns[c["handle"]] = Connection(self, c["handle"], c["remote_ip"], c["remote_port"],
+                                                  c["local_ip"], c["local_port"])
+        for r in plan["requests"]:
+            buf = None
+            if mapped and r["length"] and r["region"] == plan["region"]["id"]:
+                buf = self._alloc.reserve(r["offset"], r["length"])
+                if buf is None:
+                    raise attach_error(f"request tag {r['tag']}: buffer [{r['offset']}, +{r['length']}) lies "
+                                       f"outside the {self.region_size}-byte region or overlaps another request's")
+            req = Request(self, self._conns[r["handle"]], r["kind"], r["tag"], buf, inherited=True)
+            req._data_off = r["offset"] if buf is not None else None
+            req.data_length = r["length"]
+            req.region = r["region"]
+            self._requests[r["tag"]] = req
+            self.inherited.append(req)
+        self._next_tag = plan["next_tag"]
+        if mapped:
+            self.region = plan["region"]["id"]
+
+    def _attach(self, plan: Dict[str, Any], timeout: Optional[float]) -> None:
+        def on_reply(m: p.Message) -> None:  # before anything queued behind ATTACHED is dispatched
+            self.session = plan["session"]
+            self.attached = m.body
+
+        # What ATTACHED counts is not checked against the state: the queued
+        # completions have come to this session, and ending it now would lose them.
+        self._call(p.Attach(plan["session"]), (p.MsgType.ATTACHED,), timeout, on_reply=on_reply)
+
+    @property
+    def connections(self) -> List[Connection]:
+        """This session's connections that are not terminated (after an attach,
+        those it took over first, in the state's order)."""
+        with self._lock:
+            return [c for c in self._conns.values() if not c.terminated]
+
+    def resume_state(self) -> Dict[str, Any]:
+        """What a successor needs to take this session over with Target.attach
+        if this process dies: the session id, the region (id and size), the
+        next tag, the connections and the outstanding requests (tag, handle,
+        kind, region, offset, length). JSON-able; it changes with every request
+        posted and every completion, so a host saves it after each."""
+        with self._lock:
+            return {
+                "session": self.session,
+                "next_tag": self._next_tag,
+                "region": {"id": self.region, "size": self.region_size} if self._map is not None else None,
+                "connections": [{"handle": c.handle, "remote_ip": c.remote_ip, "remote_port": c.remote_port,
+                                 "local_ip": c.local_ip, "local_port": c.local_port}
+                                for c in self._conns.values() if not c.terminated],
+                "requests": [{"tag": r.tag, "handle": r.conn.handle, "kind": r.kind, "region": r.region,
+                              "offset": r._data_off if r._data_off is not None else 0, "length": r.data_length}
+                             for r in self._requests.values()],
+            }
 
     # ---- context manager
 
@@ -529,6 +796,7 @@ class Target:
             tag = self._new_tag()
             req = Request(self, conn, kind, tag, alloc)
             req.data_length = nbytes
+            req.region = self.region if alloc else 0
             if data:
                 self._map[alloc[0]:alloc[0] + nbytes] = data
             self._requests[tag] = req
@@ -550,13 +818,17 @@ class Target:
                 return
             t = m.body
             unacked = bytearray()
+            unreadable = False
             for s in t.sends:  # handed back: they will not complete on their own
                 req = self._requests.pop(s.tag, None)
                 if req is None:
                     continue
-                if req._buf is not None and s.bytes_transferred < req.data_length:
-                    off = req._buf[0]
-                    unacked += self._map[off + s.bytes_transferred:off + req.data_length]
+                if s.bytes_transferred < req.data_length:
+                    if req._data_off is None:
+                        unreadable = True  # an inherited send in memory this Target does not map
+                    else:
+                        off = req._data_off
+                        unacked += self._map[off + s.bytes_transferred:off + req.data_length]
                 self._complete(req, p.status_value("NDIS_STATUS_UPLOAD_IN_PROGRESS"), s.bytes_transferred,
                                returned=True)
             # Every other request of the connection completed before this (C-21).
@@ -571,7 +843,7 @@ class Target:
             result["cached"] = section_to_dict(t.state.cached)
             result["path"] = section_to_dict(t.state.path)
             result["send_data"] = [(s.tag, s.bytes_transferred) for s in t.sends]
-            result["unacked_send_data"] = bytes(unacked)
+            result["unacked_send_data"] = None if unreadable else bytes(unacked)
             result["receive_data"] = bytes(t.receive_data)
             conn.terminated = True
             self._conns.pop(conn.handle, None)
@@ -696,6 +968,8 @@ class Target:
         if w is None or w.done.is_set():
             if t == p.MsgType.ERROR:
                 self.unsolicited_errors.append((m.body.code, m.body.text))
+            else:
+                self.unclaimed.append(m)
             return
         if t == p.MsgType.ERROR:
             w.error = ChimneyError(m.body.code, m.body.text)
@@ -712,7 +986,11 @@ class Target:
         data = None
         if req.kind == "receive":
             n = min(bytes_transferred, req.data_length)
-            data = bytes(self._map[req._buf[0]:req._buf[0] + n]) if req._buf and n else b""
+            if n and req._data_off is not None:
+                data = bytes(self._map[req._data_off:req._data_off + n])
+            elif not n or not req.inherited:
+                data = b""
+            # else None: an inherited receive whose buffer this Target does not map
         req.completion = Completion(p.status_name(status), bytes_transferred, data, status, returned)
         self._free(req)
         req._waiter.done.set()
