@@ -9,18 +9,28 @@ FIN, while it reads what the other side sends until EOF. When every
 connection has ended it prints one JSON line: a list, per connection in
 accept order, of {peer_port, bytes_in, sha256_in, bytes_out, end} where end
 is 'eof' or the error (ECONNRESET...). One thread, non-blocking sockets.
+
+A connection is closed only once the kernel reports it CLOSED (TCP_INFO):
+every byte and both FINs ACKed. Closing earlier would orphan a socket with
+data still unACKed, and Linux gives an orphan up silently after
+tcp_orphan_retries (modelled as about 100 s of 200 ms backoffs): at 20% loss
+a peer whose RTO had grown to tens of seconds (an RTT sample taken from a
+retransmitted SYN-ACK) vanished that way with part of its data never
+delivered, leaving chimney's side waiting in FIN_WAIT_2.
 """
 import errno
 import hashlib
 import json
 import selectors
 import socket
+import struct
 import sys
 
 from peer import PERIOD, _DOUBLE
 
 VIEW = memoryview(_DOUBLE)
 CHUNK = 1 << 18
+TCP_CLOSE = 7  # include/net/tcp_states.h
 
 
 class Conn:
@@ -34,6 +44,16 @@ class Conn:
         self.end = None
         self.eof = False
         self.shut = False
+
+    def acked(self):
+        """True once the socket is CLOSED (TCP_INFO tcpi_state == TCP_CLOSE):
+        both FINs and all data ACKed, or the connection failed (SO_ERROR)."""
+        state = struct.unpack("B", self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1))[0]
+        if state != TCP_CLOSE:
+            return False
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self.end = "eof" if err == 0 else errno.errorcode.get(err, str(err))
+        return True
 
     def result(self):
         return {"peer_port": self.port, "bytes_in": self.received, "sha256_in": self.h.hexdigest(),
@@ -57,8 +77,13 @@ def main():
         sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
     srv.close()
     live = nconn
+    draining = []  # read to EOF and shut down: waiting for the last ACKs
     while live:
-        for key, mask in sel.select(timeout=1.0):
+        for c in [c for c in draining if c.acked()]:
+            draining.remove(c)
+            c.sock.close()
+            live -= 1
+        for key, mask in sel.select(timeout=0.05 if draining else 1.0):
             c = key.data
             try:
                 if mask & selectors.EVENT_WRITE and c.sent < c.to_send:
@@ -76,7 +101,9 @@ def main():
                     else:
                         c.eof = True  # their FIN: we may still be sending
                 if c.eof and c.shut:
-                    c.end = "eof"
+                    sel.unregister(c.sock)
+                    draining.append(c)
+                    continue
                 else:
                     sel.modify(c.sock, (0 if c.eof else selectors.EVENT_READ)
                                | (0 if c.shut else selectors.EVENT_WRITE), c)
