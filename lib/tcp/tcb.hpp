@@ -110,7 +110,7 @@ struct alignas(RTE_CACHE_LINE_SIZE) Tcb {
     uint32_t ooo_bytes;
     uint16_t unacked_segs;   // segments received since our last ACK
     uint8_t wscale;      // shift applied to windows we send
-    uint8_t ooo_count;
+    uint16_t ooo_count;  // reassembly nodes held, <= ooo_segments_per_connection
   };
   alignas(RTE_CACHE_LINE_SIZE) Recv rcv;
   struct Rtt {

@@ -330,6 +330,46 @@ def test_paws_old_timestamp(scene, age):
 
 
 # --------------------------------------------------------------------------
+# the reassembly budget (lib/tcp/receive.cpp ooo_insert)
+
+OOO_BUDGET = 256  # EngineConfig::ooo_segments_per_connection, chimneyd's default
+
+
+def test_out_of_order_flood_exhausts_only_the_connections_budget(scene):
+    """RFC 9293 §3.10.7.4 (seventh) lets a receiver keep segments beyond a
+    hole; RFC 5961 §5 expects a bound on what an attacker can make it hold.
+    The attacker sends 1-byte segments with gaps between them beyond the
+    hole at RCV.NXT, so no two merge and each needs a reassembly node: twice
+    the per-connection budget. The bytes are the peer's real ones, at their real
+    offsets, so the stream can still hash right. What is over the budget is
+    dropped and counted (drop_ooo_budget), never an error or a crash. The
+    other connections keep their transfers, and once the peer fills the hole
+    the victim's stream arrives complete. The retransmissions fill what was
+    dropped."""
+    v, flow, st = scene.victim()
+    before = engine(scene.target)
+    base = 1000                       # the peer's stream offset at RCV.NXT
+    real = stream_peer.stream(base + 2 * 2 * OOO_BUDGET + 2)
+    frames = [flow.segment(seq=st.rcv_nxt + off, ack=st.snd_max, flags=ACK, win=st.peer_win, ts=st.ts(),
+                           payload=real[base + off:base + off + 1])
+              for off in range(2, 2 * 2 * OOO_BUDGET + 2, 2)]
+    scene.wire.send(*frames)
+    deadline = time.monotonic() + 5
+    while engine(scene.target)["drop_ooo_budget"] - before["drop_ooo_budget"] < OOO_BUDGET \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = engine(scene.target)
+    dropped = after["drop_ooo_budget"] - before["drop_ooo_budget"]
+    arrived = after["ooo_segments_in"] - before["ooo_segments_in"]  # held or dropped
+    assert dropped >= OOO_BUDGET, (dropped, arrived)  # the second half found the budget spent
+    assert arrived >= len(frames), (arrived, len(frames))
+    assert len(v.received) == 1000, "bytes beyond the hole reached the host"
+    v.peer_send(4000)                 # fills the hole; the real bytes overlap what is held
+    v.wait_received(5000)
+    scene.finish()
+
+
+# --------------------------------------------------------------------------
 # malformed segments aimed at the live connection: dropped and counted
 
 
