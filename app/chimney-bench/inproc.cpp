@@ -93,7 +93,7 @@ tcp::EngineConfig engine_config(int side, uint32_t max_connections) {
   cfg.name = "b" + std::to_string(g_engine_serial++) + (side == 0 ? "a" : "b");
   cfg.socket_id = static_cast<int>(rte_socket_id());
   cfg.max_connections = max_connections;
-  cfg.time_wait_entries = max_connections;  // as chimneyd's worker sizes it
+  cfg.time_wait_entries = tcp::default_time_wait_entries(max_connections);  // chimneyd's default
   cfg.header_pool = g_hdr_pool[side];
   cfg.attach_pool = g_att_pool[side];
   return cfg;

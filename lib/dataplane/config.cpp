@@ -10,6 +10,8 @@
 #include <sstream>
 #include <tuple>
 
+#include "tcp/engine.hpp"
+
 namespace po = boost::program_options;
 
 namespace chimney::dataplane {
@@ -238,6 +240,11 @@ ParseOutcome parse_config(const std::vector<std::string>& args) {
   engine.add_options()
     ("max-connections", po::value<unsigned>(&cfg.max_connections)->default_value(cfg.max_connections),
      "offloaded connections per worker and port (1-1048575)")
+    ("time-wait-entries", po::value<unsigned>(&cfg.time_wait_entries),
+     "TIME_WAIT entries per worker and port (1-16777216); when all are taken the oldest makes "
+     "room (counted: time_wait_evictions). An entry lasts twice msl-ms, so the table needs our "
+     "closes per second x 2 x msl-ms entries. Default: max-connections / 8, but no fewer than "
+     "1024 (or max-connections, if smaller)")
     ("msl-ms", po::value<unsigned>(&cfg.msl_ms)->default_value(cfg.msl_ms),
      "maximum segment lifetime; TIME_WAIT lasts twice this (100-600000)");
 
@@ -330,6 +337,8 @@ ParseOutcome parse_config(const std::vector<std::string>& args) {
     range("neighbour-reachable-s", cfg.neighbour_reachable_s, 1, 86400);
     range("slowpath-ring", cfg.slowpath_ring, 64, 1048576);
     range("max-connections", cfg.max_connections, 1, 1048575);
+    if (vm.count("time-wait-entries")) range("time-wait-entries", cfg.time_wait_entries, 1, 16777216);
+    else cfg.time_wait_entries = tcp::default_time_wait_entries(cfg.max_connections);
     range("msl-ms", cfg.msl_ms, 100, 600000);
     range("control-max-connections", cfg.control_max_connections, 1, 16777216);
     range("control-max-requests", cfg.control_max_requests, 1, 1048576);

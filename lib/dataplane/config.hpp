@@ -54,6 +54,10 @@ struct Config {
   unsigned neighbour_reachable_s = 60;
   unsigned slowpath_ring = 4096;
   unsigned max_connections = 16384;  // per worker and port
+  // TIME_WAIT entries per worker and port; 0 (not given): chosen from
+  // max_connections by tcp::default_time_wait_entries, which parse_config
+  // writes here.
+  unsigned time_wait_entries = 0;
   unsigned msl_ms = 30000;           // TIME_WAIT lasts 2·MSL (C-19)
   // Control socket (docs/CONTROL_PROTOCOL.md); empty path: none.
   std::string control_socket = "/run/chimney/chimney.sock";

@@ -57,7 +57,8 @@ tcp::EngineConfig engine_config(const Dataplane& dp, size_t worker, size_t port)
   cfg.name = "w" + std::to_string(worker) + "p" + std::to_string(port);
   cfg.socket_id = static_cast<int>(rte_socket_id());
   cfg.max_connections = dp.cfg.max_connections;
-  cfg.time_wait_entries = dp.cfg.max_connections;
+  cfg.time_wait_entries = dp.cfg.time_wait_entries != 0 ? dp.cfg.time_wait_entries
+                                                        : tcp::default_time_wait_entries(dp.cfg.max_connections);
   cfg.msl_ms = dp.cfg.msl_ms;
   cfg.tx_caps = dp.ports[port].tx_caps;
   cfg.header_pool = dp.ports[port].pool;

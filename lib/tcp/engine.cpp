@@ -78,8 +78,9 @@ Engine::Engine(const EngineConfig& cfg, HostCallbacks& host, TxSink& wire)
   generation_.assign(cfg_.max_connections, 1);
   free_slots_.reserve(cfg_.max_connections);
   for (uint32_t i = cfg_.max_connections; i-- > 0;) free_slots_.push_back(i);
-  tw_ = std::make_unique<TimeWait[]>(cfg_.time_wait_entries);
-  for (uint32_t i = cfg_.time_wait_entries; i-- > 0;) tw_free_.push_back(i);
+  if (cfg_.msl_ms > (1u << 29))  // 2·MSL fits TimeWait::expires_ms' wrapping comparison
+    throw std::runtime_error("engine: msl_ms must be at most " + std::to_string(1u << 29));
+  tw_ = std::make_unique_for_overwrite<TimeWait[]>(cfg_.time_wait_entries);  // untouched until used
   ooo_nodes_ = std::make_unique<OooSegment[]>(cfg_.ooo_segments);
   for (uint32_t i = 0; i < cfg_.ooo_segments; ++i) {
     ooo_nodes_[i].next = ooo_free_list_;
@@ -107,7 +108,7 @@ Engine::~Engine() {
   rte_hash_free(tw_table_);
 }
 
-uint32_t Engine::time_wait_entries() const { return cfg_.time_wait_entries - static_cast<uint32_t>(tw_free_.size()); }
+uint32_t Engine::time_wait_entries() const { return tw_used_; }
 
 Tcb* Engine::lookup(ConnectionHandle h) const {
   const uint32_t slot = h.value & kSlotMask;
@@ -690,35 +691,94 @@ void Engine::enter_time_wait(Tcb& c) {
   if (c.flags.ack_now || c.rcv.unacked_segs != 0) send_ack(c);
   c.state = TcpState::time_wait;
   const Key key = key_of(c);
-  if (!tw_free_.empty()) {
-    const uint32_t slot = tw_free_.back();
-    if (rte_hash_add_key_data(tw_table_, &key, reinterpret_cast<void*>(uintptr_t{slot})) >= 0) {
-      tw_free_.pop_back();
-      TimeWait& tw = tw_[slot];
-      tw = TimeWait{};
-      tw.key = key;
-      tw.snd_nxt = c.snd.nxt;
-      tw.rcv_nxt = c.rcv.nxt;
-      tw.ts_recent = c.rcv.ts_recent;
-      tw.timestamps = c.flags.timestamps;
-      tw.ts_offset = c.ts_offset;
-      const uint32_t offered = seq_gt(c.rcv.adv, c.rcv.nxt) ? c.rcv.adv - c.rcv.nxt : 0;
-      const uint32_t units = (offered + (1u << c.rcv.wscale) - 1) >> c.rcv.wscale;  // rounded up as in header()
-      tw.window = static_cast<uint16_t>(units > 65535 ? 65535 : units);
-      std::memcpy(tw.local_mac, c.local_mac, 6);
-      std::memcpy(tw.remote_mac, c.remote_mac, 6);
-      tw.in_use = true;
-      wheel_.arm(tw.node, now_ms_ + 2ull * cfg_.msl_ms);
+  uint32_t slot = take_time_wait_record();
+  if (slot == kNoTimeWait && tw_oldest_ != kNoTimeWait) {
+    // The table is full: the oldest entry, the nearest its end, makes room.
+    // TIME_WAIT is there so that a retransmitted FIN of the peer's is ACKed
+    // (RFC 9293 §3.3.2) and old duplicates die out for 2·MSL before the
+    // 4-tuple carries a new connection (§3.6, RFC 6191 §1). The oldest entry
+    // has had most of that: the peer's FIN retransmissions come within its
+    // RTO backoff, long over, and a new incarnation of its 4-tuple is still
+    // told apart by timestamps or a higher sequence number (RFC 6191 §2, as
+    // time_wait_input does). The connection closing now has had none of it,
+    // and is the one most likely to see its last ACK lost. Linux does the
+    // opposite, the closing socket goes without TIME_WAIT ("time wait bucket
+    // table overflow"). Counted: a rising time_wait_evictions says the table
+    // is small for the close rate (chimneyd's time-wait-entries).
+    ++stats_.time_wait_evictions;
+    drop_time_wait(tw_[tw_oldest_]);
+    slot = take_time_wait_record();
+  }
+  if (slot != kNoTimeWait && rte_hash_add_key_data(tw_table_, &key, reinterpret_cast<void*>(uintptr_t{slot})) >= 0) {
+    TimeWait& tw = tw_[slot];
+    tw.key = {key.remote_ip, key.local_ip, key.remote_port, key.local_port};
+    tw.snd_nxt = c.snd.nxt;
+    tw.rcv_nxt = c.rcv.nxt;
+    tw.ts_recent = c.rcv.ts_recent;
+    tw.timestamps = c.flags.timestamps;
+    tw.ts_offset = c.ts_offset;
+    const uint32_t offered = seq_gt(c.rcv.adv, c.rcv.nxt) ? c.rcv.adv - c.rcv.nxt : 0;
+    const uint32_t units = (offered + (1u << c.rcv.wscale) - 1) >> c.rcv.wscale;  // rounded up as in header()
+    tw.window = static_cast<uint16_t>(units > 65535 ? 65535 : units);
+    std::memcpy(tw.local_mac, c.local_mac, 6);
+    std::memcpy(tw.remote_mac, c.remote_mac, 6);
+    tw.expires_ms = static_cast<uint32_t>(now_ms_ + 2ull * cfg_.msl_ms);
+    link_newest(slot);
+    ++tw_used_;
+  } else {
+    // No entry (a table of 0, or the hash found no place for the key):
+    // the connection goes without TIME_WAIT, as in Linux on overflow.
+    if (slot != kNoTimeWait) {
+      tw_[slot].next = tw_free_;
+      tw_free_ = slot;
     }
+    ++stats_.time_wait_overflows;
   }
   enter_closed(c);
 }
 
+uint32_t Engine::take_time_wait_record() {
+  if (tw_free_ != kNoTimeWait) {
+    const uint32_t slot = tw_free_;
+    tw_free_ = tw_[slot].next;
+    return slot;
+  }
+  return tw_untouched_ < cfg_.time_wait_entries ? tw_untouched_++ : kNoTimeWait;
+}
+
+void Engine::link_newest(uint32_t slot) {
+  TimeWait& tw = tw_[slot];
+  tw.prev = tw_newest_;
+  tw.next = kNoTimeWait;
+  if (tw_newest_ != kNoTimeWait) tw_[tw_newest_].next = slot;
+  else tw_oldest_ = slot;
+  tw_newest_ = slot;
+}
+
+void Engine::unlink_time_wait(uint32_t slot) {
+  TimeWait& tw = tw_[slot];
+  if (tw.prev != kNoTimeWait) tw_[tw.prev].next = tw.next;
+  else tw_oldest_ = tw.next;
+  if (tw.next != kNoTimeWait) tw_[tw.next].prev = tw.prev;
+  else tw_newest_ = tw.prev;
+}
+
 void Engine::drop_time_wait(TimeWait& tw) {
-  wheel_.cancel(tw.node);
-  rte_hash_del_key(tw_table_, &tw.key);
-  tw.in_use = false;
-  tw_free_.push_back(static_cast<uint32_t>(&tw - tw_.get()));
+  const uint32_t slot = static_cast<uint32_t>(&tw - tw_.get());
+  const Key key = key_of(tw);
+  rte_hash_del_key(tw_table_, &key);
+  unlink_time_wait(slot);
+  tw.next = tw_free_;
+  tw_free_ = slot;
+  --tw_used_;
+}
+
+void Engine::restart_time_wait(TimeWait& tw) {
+  // Every entry lasts 2·MSL, so the one restarted becomes the newest.
+  const uint32_t slot = static_cast<uint32_t>(&tw - tw_.get());
+  tw.expires_ms = static_cast<uint32_t>(now_ms_ + 2ull * cfg_.msl_ms);
+  unlink_time_wait(slot);
+  link_newest(slot);
 }
 
 void Engine::finish_terminate(Tcb& c) {
@@ -769,15 +829,12 @@ void Engine::poll(uint64_t now_us) {
   for (const PendingOffload& p : pending_offloads_) host_.offload_complete(p.handle, p.host_context, p.status);
   pending_offloads_.clear();
   wheel_.advance(now_ms_, [this](TimerNode& n) {
-    auto* base = reinterpret_cast<uint8_t*>(tcbs_.get());
-    auto* addr = reinterpret_cast<uint8_t*>(&n);
-    if (addr >= base && addr < base + sizeof(Tcb) * cfg_.max_connections) {
-      on_timer(*reinterpret_cast<Tcb*>(addr - offsetof(Tcb, timer)));
-      return;
-    }
-    // A TIME_WAIT entry's 2·MSL ran out.
-    drop_time_wait(*reinterpret_cast<TimeWait*>(addr - offsetof(TimeWait, node)));
+    on_timer(*reinterpret_cast<Tcb*>(reinterpret_cast<uint8_t*>(&n) - offsetof(Tcb, timer)));
   });
+  // TIME_WAIT entries whose 2·MSL ran out, oldest first (they end in order).
+  while (tw_oldest_ != kNoTimeWait &&
+         static_cast<int32_t>(static_cast<uint32_t>(now_ms_) - tw_[tw_oldest_].expires_ms) >= 0)
+    drop_time_wait(tw_[tw_oldest_]);
   // Terminates wait until the NIC released every send buffer (DESIGN.md buffers).
   for (size_t i = 0; i < pending_terminates_.size();) {
     Tcb& c = *pending_terminates_[i];

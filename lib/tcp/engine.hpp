@@ -5,6 +5,7 @@
 // owns the engine, and every callback is made from it.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <memory>
@@ -28,6 +29,8 @@ struct EngineConfig {
   std::string name = "engine";       // prefixes the rte_hash names; unique per process
   int socket_id = 0;
   uint32_t max_connections = 4096;
+  // TIME_WAIT entries (C-19); when all are taken the oldest makes room
+  // (Engine::enter_time_wait). chimneyd: default_time_wait_entries().
   uint32_t time_wait_entries = 4096;
   uint32_t msl_ms = 30'000;           // TIME_WAIT lasts 2·MSL (C-19)
   uint32_t rto_initial_ms = 1000;     // RFC 6298 (2.1)
@@ -48,6 +51,22 @@ struct EngineConfig {
   // sent and blocks the ring): copy payload into header_pool mbufs instead.
   bool copy_payload = false;
 };
+
+// The TIME_WAIT table chimneyd gives an engine of `max_connections` unless
+// told otherwise (`time-wait-entries`), and chimney-bench likewise. An entry
+// lives 2·MSL (60 s at the default MSL) and only a connection we close first
+// makes one (RFC 9293 §3.6: the side whose FIN goes first), so the table needs
+// (our closes per second × 2·MSL) entries, not one per connection. An eighth
+// of max_connections holds the closes of a full table of connections spread
+// over 8 minutes (max_connections / 8 / 60 s: 2 k closes/s at 1M connections);
+// beyond that the oldest entries, nearest their end, make room. At an eighth
+// the table (rte_hash about 45 B and record 56 B per entry) costs about 13 B
+// per connection slot, which keeps a whole slot, TCB and connection hash
+// included, under 512 B (docs/PERFORMANCE.md, Memory). Small tables keep an
+// entry per connection, up to 1024.
+inline uint32_t default_time_wait_entries(uint32_t max_connections) {
+  return std::max(max_connections / 8, std::min(max_connections, 1024u));
+}
 
 // Where the engine's segments go (the worker's TX queue, a test's capture).
 class TxSink {
@@ -108,6 +127,10 @@ class Engine final : public OffloadTarget {
   void enter_closed(Tcb& c);
   void enter_time_wait(Tcb& c);
   void drop_time_wait(TimeWait& tw);
+  void restart_time_wait(TimeWait& tw);  // 2·MSL again from now
+  uint32_t take_time_wait_record();       // kNoTimeWait when all are in use
+  void link_newest(uint32_t slot);
+  void unlink_time_wait(uint32_t slot);
   void finish_terminate(Tcb& c);
   void maybe_indicate_fin(Tcb& c);
   void report_backlog(Tcb& c);
@@ -176,9 +199,18 @@ class Engine final : public OffloadTarget {
   std::vector<uint32_t> free_slots_;
   uint32_t used_ = 0;
 
+  // TIME_WAIT: records indexed by slot, linked by index in order of expiry
+  // (every entry lasts 2·MSL, so the oldest is the first to expire and the
+  // one that makes room when the table is full); records never used yet are
+  // not touched.
+  static constexpr uint32_t kNoTimeWait = UINT32_MAX;
   rte_hash* tw_table_ = nullptr;       // Key -> TimeWait slot
   std::unique_ptr<TimeWait[]> tw_;
-  std::vector<uint32_t> tw_free_;
+  uint32_t tw_used_ = 0;               // entries in TIME_WAIT
+  uint32_t tw_untouched_ = 0;          // records [tw_untouched_, time_wait_entries) never used
+  uint32_t tw_free_ = kNoTimeWait;     // released records, linked through TimeWait::next
+  uint32_t tw_oldest_ = kNoTimeWait;   // the entries, oldest first
+  uint32_t tw_newest_ = kNoTimeWait;
 
   std::unique_ptr<OooSegment[]> ooo_nodes_;
   OooSegment* ooo_free_list_ = nullptr;

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include <rte_tcp.h>
 
@@ -23,20 +24,34 @@ struct alignas(8) Engine::Key {
 inline constexpr uint32_t kKeyLength = 12;
 static_assert(offsetof(Engine::Key, local_port) + sizeof(uint16_t) == kKeyLength);
 
-// C-19: what is kept of a connection in TIME_WAIT.
+// C-19: what is kept of a connection in TIME_WAIT. No timer node: entries
+// expire in the order they were made (Engine::poll), through prev/next.
 struct Engine::TimeWait {
-  TimerNode node;
-  Key key;
+  struct Tuple {        // Key's fields, 4-aligned (Key is 8-aligned: 4 bytes of padding)
+    uint32_t remote_ip;
+    uint32_t local_ip;
+    uint16_t remote_port;
+    uint16_t local_port;
+  } key;
+  uint16_t window;      // last advertised, unscaled field value
+  bool timestamps;
   uint32_t snd_nxt;
   uint32_t rcv_nxt;
   uint32_t ts_recent;
-  uint16_t window;      // last advertised, unscaled field value
+  uint32_t ts_offset;
+  uint32_t expires_ms;  // engine ms (low 32 bits) when 2·MSL ends
+  uint32_t prev;        // slots, kNoTimeWait at the ends; `next` also links free records
+  uint32_t next;
   uint8_t local_mac[6];
   uint8_t remote_mac[6];
-  uint32_t ts_offset;
-  bool timestamps;
-  bool in_use;
 };
+static_assert(sizeof(Engine::TimeWait) == 56, "a TIME_WAIT record is 56 bytes");
+static_assert(std::is_trivially_default_constructible_v<Engine::TimeWait>,
+              "records are not touched until used (docs/PERFORMANCE.md, Memory)");
+
+inline Engine::Key key_of(const Engine::TimeWait& tw) {
+  return {tw.key.remote_ip, tw.key.local_ip, tw.key.remote_port, tw.key.local_port};
+}
 
 inline Engine::Key key_of(const Tcb& c) {
   return {c.remote_ip, c.local_ip, c.remote_port, c.local_port};

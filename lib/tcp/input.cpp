@@ -491,7 +491,7 @@ bool Engine::time_wait_input(rte_mbuf* m) {
     // retransmission of the remote FIN: acknowledge it and restart 2·MSL.
     ++stats_.time_wait_acks;
     send_time_wait_ack(tw);
-    wheel_.arm(tw.node, now_ms_ + 2ull * cfg_.msl_ms);
+    restart_time_wait(tw);
   } else {
     ++stats_.time_wait_drops;
   }

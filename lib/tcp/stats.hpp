@@ -17,6 +17,7 @@ namespace chimney::tcp {
   X(drop_no_ack_flag)       X(drop_after_abort)      X(drop_terminating)     X(drop_ooo_budget)\
   X(rst_in_accepted)        X(rst_in_challenged)     X(rst_in_ignored)       X(rst_out)       \
   X(syn_in_challenged)      X(time_wait_acks)        X(time_wait_drops)      X(no_mbuf)       \
+  X(time_wait_evictions)    X(time_wait_overflows)                                            \
   X(ooo_segments_in)        X(offloads)              X(offloads_refused)     X(terminates)    \
   X(send_completions)       X(receive_completions)   X(indications)          X(retrieves)
 

@@ -128,6 +128,9 @@ TEST(Config, BadScalarValuesNameTheOption) {
       {{"--slowpath-ring", "1000"}, "slowpath-ring"},
       {{"--idle-sleep-us", "1000001"}, "idle-sleep-us"},
       {{"--neighbour-entries", "2"}, "neighbour-entries"},
+      {{"--time-wait-entries", "0"}, "time-wait-entries"},
+      {{"--time-wait-entries", "16777217"}, "time-wait-entries"},
+      {{"--time-wait-entries", "some"}, "time-wait-entries"},
       {{"--impair-rx", "loss=2"}, "impair-rx"},
       {{"--impair-tx", "wobble=1%"}, "impair-tx"},
       {{"--impair-seed", "x"}, "impair-seed"},
@@ -166,7 +169,7 @@ TEST(Config, HelpAndVersionExitZero) {
   Exit e = fails({"--help"});
   EXPECT_EQ(e.code, 0);
   for (const char* opt : {"--port", "--workers", "--log-level", "--config", "--idle-sleep-us",
-                          "--huge", "--neighbour-entries", "--eal"})
+                          "--huge", "--neighbour-entries", "--eal", "--time-wait-entries"})
     EXPECT_NE(e.message.find(opt), std::string::npos) << opt;
   e = fails({"--version"});
   EXPECT_EQ(e.code, 0);
@@ -210,6 +213,22 @@ TEST(Config, BadFileValuesNameTheOptionAndFile) {
   e = fails({"--config", "/nonexistent/x.conf"});
   EXPECT_EQ(e.code, 2);
   EXPECT_NE(e.message.find("--config"), std::string::npos) << e.message;
+}
+
+// The TIME_WAIT table: an eighth of max-connections unless given, no fewer
+// than 1024 entries, and no more than max-connections below that.
+TEST(Config, TimeWaitEntriesDefaultToAnEighthOfMaxConnections) {
+  EXPECT_EQ(ok({}).time_wait_entries, 2048u);  // max-connections 16384
+  EXPECT_EQ(ok({"--max-connections", "1000000"}).time_wait_entries, 125000u);
+  EXPECT_EQ(ok({"--max-connections", "4000"}).time_wait_entries, 1024u);
+  EXPECT_EQ(ok({"--max-connections", "100"}).time_wait_entries, 100u);
+  EXPECT_EQ(ok({"--max-connections", "1000000", "--time-wait-entries", "5"}).time_wait_entries, 5u);
+  EXPECT_EQ(ok({"--time-wait-entries", "16777216"}).time_wait_entries, 16777216u);
+  std::string path = write_file("chimney_tw.conf", "max-connections = 800000\ntime-wait-entries = 300000\n");
+  Config c = ok({"--config", path});
+  EXPECT_EQ(c.max_connections, 800000u);
+  EXPECT_EQ(c.time_wait_entries, 300000u);
+  EXPECT_EQ(ok({"--config", path, "--time-wait-entries", "7"}).time_wait_entries, 7u);  // command line wins
 }
 
 TEST(Config, ShippedConfigFileParses) {

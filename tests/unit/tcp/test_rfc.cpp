@@ -1645,4 +1645,74 @@ TEST_F(RfcTimeWait, Rfc9293_SynAckOfANewIncarnationReachesTheSlowPathAndItsOfflo
   EXPECT_EQ(host.indicated, "new");
 }
 
+// A full TIME_WAIT table (chimneyd sizes it below max_connections): the
+// oldest entry, the one nearest the end of its 2·MSL, makes room for the
+// connection closing now, and that is counted (engine.cpp enter_time_wait,
+// RFC 9293 §3.6, RFC 6191). A retransmitted FIN restarts an entry's 2·MSL
+// (§3.10.7.4), which makes it the newest.
+TEST_F(RfcTimeWait, FullTableTheOldestEntryMakesRoomAndTheEvictionIsCounted) {
+  reconfigure([](tcp::EngineConfig& c) { c.time_wait_entries = 2; });
+  auto close_on = [&](uint16_t port) {
+    flow.remote_port = port;
+    offload_default();
+    close_graceful();
+    EXPECT_TRUE(next().has(FIN));
+    peer(kIrs, kIss + 1, ACK | FIN);
+    EXPECT_EQ(next().ack, kIrs + 1);
+    EXPECT_EQ(tcb().state, TcpState::time_wait);
+    advance(1);
+  };
+  auto fin_again = [&](uint16_t port) {
+    flow.remote_port = port;
+    peer(kIrs, kIss + 1, ACK | FIN);
+  };
+  close_on(40000);
+  close_on(40001);
+  EXPECT_EQ(engine->time_wait_entries(), 2u);
+  EXPECT_EQ(engine->stats().time_wait_evictions, 0u);
+  fin_again(40000);  // ACKed from the entry; 40000 is now the newest, 40001 the oldest
+  EXPECT_EQ(next().ack, kIrs + 1);
+  advance(1);
+
+  close_on(40002);  // the table is full: 40001's entry makes room
+  EXPECT_EQ(engine->time_wait_entries(), 2u);
+  EXPECT_EQ(engine->stats().time_wait_evictions, 1u);
+  EXPECT_EQ(engine->stats().time_wait_overflows, 0u);
+  fin_again(40001);
+  EXPECT_EQ(unmatched_count, 1) << "40001 has no entry now: its segments are the slow path's";
+  expect_silence();
+  for (uint16_t port : {40000, 40002}) {
+    fin_again(port);
+    EXPECT_EQ(next().ack, kIrs + 1) << port << " is still in TIME_WAIT";
+  }
+  EXPECT_EQ(unmatched_count, 1);
+
+  // Both were restarted just now: 2·MSL (60 s) from here they end, not before.
+  advance(59'999);
+  EXPECT_EQ(engine->time_wait_entries(), 2u);
+  advance(1);
+  EXPECT_EQ(engine->time_wait_entries(), 0u);
+  EXPECT_EQ(engine->stats().time_wait_evictions, 1u);
+  fin_again(40002);
+  EXPECT_EQ(unmatched_count, 2);
+}
+
+// No room at all (a table of 0 entries): the connection goes without
+// TIME_WAIT, as Linux's do on "time wait bucket table overflow", and that is
+// counted.
+TEST_F(RfcTimeWait, NoEntryToBeHadTheConnectionGoesWithoutTimeWaitAndTheOverflowIsCounted) {
+  reconfigure([](tcp::EngineConfig& c) { c.time_wait_entries = 0; });
+  offload_default();
+  close_graceful();
+  EXPECT_TRUE(next().has(FIN));
+  peer(kIrs, kIss + 1, ACK | FIN);
+  EXPECT_EQ(next().ack, kIrs + 1) << "the peer's FIN is still ACKed";
+  EXPECT_TRUE(tcb().flags.closed);
+  EXPECT_EQ(engine->time_wait_entries(), 0u);
+  EXPECT_EQ(engine->stats().time_wait_overflows, 1u);
+  EXPECT_EQ(engine->stats().time_wait_evictions, 0u);
+  peer(kIrs, kIss + 1, ACK | FIN);
+  EXPECT_EQ(unmatched_count, 1);
+}
+
 }  // namespace chimney::test
