@@ -637,7 +637,9 @@ void Server::handle(Session& s, const Message& m, int fd) {
               ", \"syn_cookies_accepted\": " + std::to_string(hc.cookies_accepted) +
               ", \"syn_cookies_rejected\": " + std::to_string(hc.cookies_rejected) +
               ", \"connect_refused\": " + std::to_string(hc.refused) +
-              ", \"handshake_timeouts\": " + std::to_string(hc.timeouts);
+              ", \"handshake_timeouts\": " + std::to_string(hc.timeouts) +
+              ", \"handshake_challenge_acks\": " + std::to_string(hc.challenge_acks) +
+              ", \"handshake_challenge_acks_limited\": " + std::to_string(hc.challenge_acks_limited);
       json += ", \"op_records_free\": " + std::to_string(rte_mempool_avail_count(dp_.op_pool));
       for (size_t p = 0; p < dp_.ports.size(); ++p) {
         json += ", \"port" + std::to_string(p) + "_mbufs_free\": " + std::to_string(rte_mempool_avail_count(dp_.ports[p].pool));

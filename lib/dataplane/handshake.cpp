@@ -10,6 +10,7 @@
 #include <rte_tcp.h>
 
 #include "dataplane/handshake.hpp"
+#include "tcp/engine.hpp"
 #include "net/packet.hpp"
 #include "net/tcp_options.hpp"
 
@@ -186,6 +187,33 @@ void SlowPath::send_synack(const Handshake& hs, uint32_t ts_val, uint64_t now) {
   ++hs_counters_.synack_sent;
 }
 
+void SlowPath::challenge_ack(const Handshake& hs, uint64_t now) {
+  // RFC 5961 §7: at most kChallengeAcksPerSecond, as the engine's default.
+  const uint64_t hz = rte_get_tsc_hz();
+  if (now - challenge_window_tsc_ >= hz) {
+    challenge_window_tsc_ = now;
+    challenge_acks_in_window_ = 0;
+  }
+  if (++challenge_acks_in_window_ > tcp::EngineConfig{}.challenge_acks_per_second) {
+    ++hs_counters_.challenge_acks_limited;
+    return;
+  }
+  net::TcpFrameSpec spec = frame_for(hs);
+  spec.seq = hs.iss + 1;
+  spec.ack = hs.irs + 1;
+  spec.flags = RTE_TCP_ACK_FLAG;
+  // Not a SYN: the window is scaled by the shift our SYN-ACK offered.
+  const uint32_t wnd = hs.cached.initial_rcv_wnd >> (hs.peer.has_wscale ? our_wscale(hs.cached.initial_rcv_wnd) : 0);
+  spec.window = static_cast<uint16_t>(wnd > 65535 ? 65535 : wnd);
+  if (hs.peer.has_timestamp) {
+    spec.opts.has_timestamp = true;
+    spec.opts.ts_val = ts_clock(hs, now);
+    spec.opts.ts_ecr = hs.peer.ts_val;
+  }
+  send_tcp(hs.port, spec, now);
+  ++hs_counters_.challenge_acks;
+}
+
 OffloadState SlowPath::established(const Handshake& hs, uint64_t now) const {
   const Port& port = dp_.ports[hs.port];
   const net::TcpOptions& o = hs.peer;
@@ -258,11 +286,17 @@ bool SlowPath::handle_handshake(size_t p, rte_mbuf* m, uint64_t now) {
     return true;
   }
   if (hs.phase == Handshake::Phase::syn_received) {
-    // RFC 9293 §3.10.7.4 for SYN-RECEIVED.
+    // RFC 9293 §3.10.7.4 for SYN-RECEIVED, with RFC 5961 §3.2: a RST at
+    // RCV.NXT ends the half-open connection; one elsewhere in the window
+    // gets a challenge ACK <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>; outside it
+    // is dropped.
     if (flags & RTE_TCP_RST_FLAG) {
-      if (seq == hs.irs + 1) {
+      const uint32_t rcv_nxt = hs.irs + 1;
+      if (seq == rcv_nxt) {
         --hs.listener->half_open;
         handshakes_.erase(it);
+      } else if (seq - rcv_nxt < hs.cached.initial_rcv_wnd) {
+        challenge_ack(hs, now);
       }
       rte_pktmbuf_free(m);
       return true;

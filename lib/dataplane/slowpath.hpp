@@ -49,6 +49,7 @@ class SlowPath {
   struct HandshakeCounters {
     uint64_t syn_sent = 0, synack_sent = 0, established_active = 0, established_passive = 0;
     uint64_t cookies_sent = 0, cookies_accepted = 0, cookies_rejected = 0, refused = 0, timeouts = 0;
+    uint64_t challenge_acks = 0, challenge_acks_limited = 0;  // RFC 5961 §3.2 in SYN-RECEIVED, §7
   };
   const HandshakeCounters& handshake_counters() const { return hs_counters_; }
   // The port whose prefix (or gateway) reaches `ip`; -1 when none does.
@@ -87,6 +88,7 @@ class SlowPath {
   bool handle_listener(size_t port, rte_mbuf* m, uint64_t now);
   void send_syn(Handshake& hs, uint64_t now);
   void send_synack(const Handshake& hs, uint32_t ts_val, uint64_t now);
+  void challenge_ack(const Handshake& hs, uint64_t now);
   OffloadState established(const Handshake& hs, uint64_t now) const;
   uint32_t ts_clock(const Handshake& hs, uint64_t now) const;
   void choose_iss(Handshake& hs, uint64_t now) const;
@@ -107,6 +109,9 @@ class SlowPath {
   std::unordered_map<uint16_t, std::unique_ptr<Listener>> listeners_;
   uint32_t cookie_secret_ = 0;
   HandshakeCounters hs_counters_;
+  // RFC 5961 §7: challenge ACKs of the slow path, a budget per second.
+  uint64_t challenge_window_tsc_ = 0;
+  uint32_t challenge_acks_in_window_ = 0;
 };
 
 }  // namespace chimney::dataplane

@@ -68,6 +68,10 @@ Engine::Engine(const EngineConfig& cfg, HostCallbacks& host, TxSink& wire)
     : cfg_(cfg), host_(host), wire_(wire), tcbs_(nullptr, [](Tcb* p) { rte_free(p); }) {
   if (cfg_.max_connections == 0 || cfg_.max_connections > kSlotMask)
     throw std::runtime_error("engine: max_connections must be 1.." + std::to_string(kSlotMask));
+  // Tcb::Recv::ooo_count holds it (an 8-bit count once wrapped before a
+  // budget of 256 was reached: one connection could take every node).
+  if (cfg_.ooo_segments_per_connection > UINT16_MAX)
+    throw std::runtime_error("engine: ooo_segments_per_connection must be 0.." + std::to_string(UINT16_MAX));
   if (cfg_.header_pool == nullptr || cfg_.attach_pool == nullptr)
     throw std::runtime_error("engine: header_pool and attach_pool are required");
   table_ = make_hash(cfg_.name + "_conn", cfg_.max_connections, kKeyLength, cfg_.socket_id);

@@ -741,6 +741,58 @@ def test_listener_syn_with_malformed_option(scene):
     scene.finish()
 
 
+@pytest.mark.parametrize("where", ["in_window", "at_rcv_nxt", "beyond_window"])
+def test_rst_in_syn_received(scene, where):
+    """RFC 9293 §3.10.7.4 in SYN-RECEIVED with RFC 5961 §3.2: a RST one
+    hundred bytes into the window gets a challenge ACK
+    <SEQ=ISS+1><ACK=IRS+1><CTL=ACK>, and the half-open connection lives on:
+    the peer's ACK completes it and the host accepts it. A RST at RCV.NXT
+    ends it: no more SYN-ACK retransmissions, and the late ACK meets a RST
+    (no connection). A RST beyond the window is dropped without a reply."""
+    t = scene.host.t
+    t.listen(7100, backlog=4)
+    fake = FakePeer(scene.wire, "198.18.0.62", 40002, mac="02:00:c6:12:00:3e")
+    fake.flow = Flow(scene.wire, 7100, fake.ip, fake.port, fake.mac)
+    mark = scene.wire.mark()
+    scene.wire.send(fake.flow.segment(seq=fake.iss, flags=SYN, win=65535,
+                                      options=fake._options() + [("Timestamp", (fake.tsval(), 0))]))
+    synack = scene.wire.wait_for(fake.flow.out, 3, mark)
+    assert synack is not None and synack.flags == SYN | ACK, synack
+    rcv_nxt = seq_add(fake.iss, 1)
+    seq = {"in_window": seq_add(rcv_nxt, 100), "at_rcv_nxt": rcv_nxt, "beyond_window": seq_add(rcv_nxt, 1 << 30)}[where]
+    before = t.stats()["handshake_challenge_acks"]
+    mark = scene.wire.mark()
+    scene.wire.send(fake.flow.segment(seq=seq, flags=RST, win=0))
+    reply = scene.wire.wait_for(lambda s: fake.flow.out(s) and not s.flags & SYN, 0.7, mark)
+    final_ack = fake.flow.segment(seq=rcv_nxt, ack=seq_add(synack.seq, 1), flags=ACK, win=65535,
+                                  ts=(fake.tsval(), synack.ts[0]) if synack.ts else None)
+    if where == "in_window":
+        assert reply is not None, "no challenge ACK"
+        assert reply.flags == ACK and reply.plen == 0, reply
+        assert reply.seq == seq_add(synack.seq, 1) and reply.ack == rcv_nxt, reply
+        assert t.stats()["handshake_challenge_acks"] == before + 1
+        scene.wire.send(final_ack)
+        conn = t.accept(5)
+        assert conn.remote_ip == fake.ip and conn.remote_port == fake.port
+        conn.terminate()
+    else:
+        assert reply is None, f"chimneyd answered the RST: {reply}"
+        assert t.stats()["handshake_challenge_acks"] == before
+        if where == "at_rcv_nxt":
+            mark = scene.wire.mark()
+            time.sleep(1.5)  # a SYN-ACK retransmission would have come after 1 s
+            assert not scene.wire.since(mark, lambda s: fake.flow.out(s) and s.flags & SYN), \
+                "the half-open connection outlived the RST"
+            scene.wire.send(final_ack)
+            rst = scene.wire.wait_for(lambda s: fake.flow.out(s) and s.flags & RST, 2, mark)
+            assert rst is not None, "the late ACK found a connection"
+        else:
+            scene.wire.send(final_ack)
+            conn = t.accept(5)
+            conn.terminate()
+    scene.finish()
+
+
 # --------------------------------------------------------------------------
 # SYN flood (RFC 4987)
 

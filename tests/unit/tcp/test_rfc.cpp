@@ -793,6 +793,21 @@ TEST_F(Rfc, Rfc9293_OutOfWindowDataIsAckedWithRcvNxtAndNotDelivered) {
   EXPECT_EQ(engine->stats().drop_out_of_window, 3u);
 }
 
+// RFC 5961 §5 / the reassembly budget: beyond the default 256 nodes per
+// connection (more than an 8-bit count can hold) segments are dropped and
+// counted; the engine's other nodes stay for other connections.
+TEST_F(Rfc, ReassemblyBudgetPerConnectionHoldsAtItsDefaultOf256) {
+  reconfigure([](tcp::EngineConfig& c) { c.ooo_segments = 1024; });
+  ASSERT_EQ(tcp::EngineConfig{}.ooo_segments_per_connection, 256u);
+  offload_default();
+  for (uint32_t i = 0; i < 300; ++i) peer(kIrs + 2 + 2 * i, kIss, ACK, "x");  // a gap before each
+  drain();
+  EXPECT_EQ(tcb().rcv.ooo_count, 256u);
+  EXPECT_EQ(tcb().rcv.ooo_bytes, 256u);
+  EXPECT_EQ(engine->stats().drop_ooo_budget, 300u - 256u);
+  EXPECT_TRUE(host.indicated.empty());
+}
+
 // RFC 9293 §3.10.7.4: an old duplicate is ACKed, not delivered again; a
 // segment overlapping old and new data delivers only the new part.
 TEST_F(Rfc, Rfc9293_DuplicateOldSegmentIsAckedNotRedelivered) {
