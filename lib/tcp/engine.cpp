@@ -92,6 +92,7 @@ Engine::Engine(const EngineConfig& cfg, HostCallbacks& host, TxSink& wire)
   }
   pending_offloads_.reserve(64);
   pending_terminates_.reserve(64);
+  pending_aborts_.reserve(64);
 }
 
 Engine::~Engine() {
@@ -303,6 +304,20 @@ Status Engine::send(ConnectionHandle h, NetBufferList* chain) {
   if (c.flags.terminating) refuse = Status::upload_in_progress;
   else if (c.flags.aborted || c.flags.closed) refuse = Status::request_aborted;
   else if (c.flags.fin_queued) refuse = Status::invalid_state;
+  if (refuse == Status::request_aborted && c.flags.abort_deferred) {
+    // C-6 FIFO: behind the sends whose aborted completions wait for the NIC.
+    for (NetBufferList* n = chain; n != nullptr; n = n->next) {
+      new (n->target_reserved) SendMeta{c.snd.una, static_cast<uint32_t>(n->data_length()), RequestKind::send};
+      hold_buffers(n);
+      if (n->next == nullptr) {
+        if (c.send_tail != nullptr) c.send_tail->next = chain;
+        else c.send_head = chain;
+        c.send_tail = n;
+        break;
+      }
+    }
+    return Status::pending;
+  }
   if (refuse != Status::success) {
     refuse_chain(chain, refuse);
     ++stats_.send_completions;
@@ -373,11 +388,9 @@ Status Engine::disconnect(ConnectionHandle h, NetBufferList* nbl, DisconnectKind
     return Status::pending;
   }
   if (kind == DisconnectKind::abortive) {
-    // C-13: a pending graceful disconnect completes first, then every send,
-    // then the RST goes out and this request completes.
-    abort_connection(c, /*send_rst=*/!c.flags.closed, /*raise_event=*/false);
-    nbl->status = Status::success;
-    host_.disconnect_complete(c.handle, c.host_context, nbl);
+    // C-13: the RST goes out; a pending graceful disconnect completes first,
+    // then every send, then this request (SUCCESS).
+    abort_connection(c, /*send_rst=*/!c.flags.closed, /*raise_event=*/false, nbl);
     return Status::pending;
   }
   if (c.flags.fin_queued || c.flags.closed || c.disconnect != nullptr) {
@@ -662,16 +675,65 @@ void Engine::report_backlog(Tcb& c) {
   raise(c, EventKind::send_backlog_change, RetrieveReason::none, want);
 }
 
-void Engine::abort_connection(Tcb& c, bool with_rst, bool raise_event) {
-  // C-13 order: graceful disconnect, then sends, then the RST.
-  complete_disconnect(c, Status::request_aborted);
-  complete_sends_aborted(c, Status::request_aborted);
-  complete_receives(c, Status::request_aborted);
+void Engine::abort_connection(Tcb& c, bool with_rst, bool raise_event, NetBufferList* request) {
+  // C-13, C-17: the RST goes now and nothing more is processed; receives
+  // complete at once (no mbuf holds their memory).
   if (with_rst) send_rst(c);
   flush();
   c.flags.aborted = true;
-  if (raise_event) raise(c, EventKind::abort, RetrieveReason::none);
+  c.flags.abort_event = raise_event;
+  complete_receives(c, Status::request_aborted);
+  if (request != nullptr) {
+    // Queued last: it completes after every send (C-13).
+    request->next = nullptr;
+    new (request->target_reserved) SendMeta{c.snd.una, 0, RequestKind::abort};
+    hold_buffers(request);
+    if (c.send_tail != nullptr) c.send_tail->next = request;
+    else c.send_head = request;
+    c.send_tail = request;
+  }
   enter_closed(c);
+  // DESIGN.md buffers: a send completes only once no mbuf references its
+  // memory, aborted or not; frames still queued at the NIC hold it.
+  if (send_queue_released(c)) {
+    finish_abort(c);
+  } else {
+    c.flags.abort_deferred = true;
+    pending_aborts_.push_back(&c);
+  }
+}
+
+bool Engine::send_queue_released(const Tcb& c) const {
+  for (const NetBufferList* n = c.send_head; n != nullptr; n = n->next)
+    if (!send_memory_released(n)) return false;
+  return true;
+}
+
+void Engine::finish_abort(Tcb& c) {
+  // C-13 order: a pending graceful disconnect, then the sends, then the
+  // abortive disconnect; then the ABORT event (C-17).
+  c.flags.abort_deferred = false;
+  complete_disconnect(c, Status::request_aborted);
+  NetBufferList* request = nullptr;  // sends posted after it may follow it in the queue
+  c.send_tail = nullptr;
+  for (NetBufferList** link = &c.send_head; *link != nullptr;) {
+    if (meta<SendMeta>(*link).kind == RequestKind::abort) {
+      request = *link;
+      *link = request->next;
+      request->next = nullptr;
+      continue;
+    }
+    c.send_tail = *link;
+    link = &(*link)->next;
+  }
+  complete_sends_aborted(c, Status::request_aborted);
+  if (request != nullptr) {
+    request->status = Status::success;  // the RST was sent (or the connection had ended)
+    request->bytes_transferred = 0;
+    host_.disconnect_complete(c.handle, c.host_context, request);
+  }
+  if (c.flags.abort_event) raise(c, EventKind::abort, RetrieveReason::none);
+  c.flags.abort_event = false;
 }
 
 void Engine::enter_closed(Tcb& c) {
@@ -839,13 +901,22 @@ void Engine::poll(uint64_t now_us) {
   while (tw_oldest_ != kNoTimeWait &&
          static_cast<int32_t>(static_cast<uint32_t>(now_ms_) - tw_[tw_oldest_].expires_ms) >= 0)
     drop_time_wait(tw_[tw_oldest_]);
-  // Terminates wait until the NIC released every send buffer (DESIGN.md buffers).
+  // Aborted connections' completions, then terminates, wait until the NIC
+  // released every send buffer (DESIGN.md buffers); aborts first, so that
+  // a terminate behind an abort returns nothing it completed (C-13, C-21).
+  for (size_t i = 0; i < pending_aborts_.size();) {
+    Tcb& c = *pending_aborts_[i];
+    if (!send_queue_released(c)) {
+      ++i;
+      continue;
+    }
+    pending_aborts_[i] = pending_aborts_.back();
+    pending_aborts_.pop_back();
+    finish_abort(c);
+  }
   for (size_t i = 0; i < pending_terminates_.size();) {
     Tcb& c = *pending_terminates_[i];
-    bool released = true;
-    for (const NetBufferList* n = c.send_head; n != nullptr && released; n = n->next)
-      released = send_memory_released(n);
-    if (!released) {
+    if (!send_queue_released(c)) {
       ++i;
       continue;
     }

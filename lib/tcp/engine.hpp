@@ -123,7 +123,10 @@ class Engine final : public OffloadTarget {
   void complete_sends_aborted(Tcb& c, Status status);
   void complete_receives(Tcb& c, Status status_if_empty);
   void complete_disconnect(Tcb& c, Status status);
-  void abort_connection(Tcb& c, bool with_rst, bool raise_event);
+  // C-13/C-17: `request` is the abortive disconnect, if the host asked for one.
+  void abort_connection(Tcb& c, bool with_rst, bool raise_event, NetBufferList* request = nullptr);
+  void finish_abort(Tcb& c);
+  bool send_queue_released(const Tcb& c) const;
   void enter_closed(Tcb& c);
   void enter_time_wait(Tcb& c);
   void drop_time_wait(TimeWait& tw);
@@ -222,6 +225,7 @@ class Engine final : public OffloadTarget {
   Tcb* output_list_ = nullptr;
   std::vector<PendingOffload> pending_offloads_;
   std::vector<Tcb*> pending_terminates_;
+  std::vector<Tcb*> pending_aborts_;  // aborted, completions waiting for the NIC (finish_abort)
   std::array<rte_mbuf*, 64> tx_{};
   uint16_t tx_n_ = 0;
   uint64_t challenge_window_ms_ = 0;

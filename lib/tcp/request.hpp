@@ -12,7 +12,9 @@
 
 namespace chimney::tcp {
 
-enum class RequestKind : uint8_t { send, disconnect };
+// `abort`: an abortive disconnect queued behind the sends it must follow
+// (C-13) while their memory is still referenced by mbufs.
+enum class RequestKind : uint8_t { send, disconnect, abort };
 
 struct SendMeta {
   uint32_t seq_start;  // sequence number of the first byte

@@ -96,6 +96,8 @@ struct alignas(RTE_CACHE_LINE_SIZE) Tcb {
     bool fin_out_of_order : 1; // the peer's FIN came beyond a hole; rcv.fin_seq holds its place
     bool tlp_in_flight : 1;    // RFC 8985 §7.3: a loss probe is out; tlp_end_seq is set
     bool tlp_retrans : 1;      // ... and it was a retransmission (§7.4: it may have repaired a loss)
+    bool abort_deferred : 1;   // aborted; completions wait until no mbuf holds send memory (DESIGN.md buffers)
+    bool abort_event : 1;      // ... and then an ABORT event is raised (C-17)
   } flags;
 
   // ---------------- cache line 1: receiver, RTT ------------------------------

@@ -420,6 +420,57 @@ TEST_F(Contract, C13_PendingGracefulCompletesAbortedFirst) {
   EXPECT_EQ(dc[1].status, Status::success);
 }
 
+// DESIGN.md buffers with C-13: an aborted send completes only once no mbuf
+// references its memory; until the NIC let go of its frames nothing
+// completes, and a send posted meanwhile completes after it (C-6 FIFO).
+TEST_F(Contract, C13_AbortedSendsCompleteOnlyOnceTheNicReleasedTheirMemory) {
+  offload_default();
+  auto a = Request::with(std::string(2000, 'a'));
+  engine->send(h, &a->nbl);
+  engine->poll(now_us);
+  ASSERT_FALSE(wire.frames.empty()) << "a's segments are still at the NIC";
+  auto d = Request::buffer(0);
+  engine->disconnect(h, &d->nbl, DisconnectKind::abortive);
+  auto b = Request::with("b");
+  engine->send(h, &b->nbl);
+  engine->poll(now_us);
+  EXPECT_TRUE(host.of(HR::send).empty()) << "completed while an mbuf still held a's memory";
+  EXPECT_TRUE(host.of(HR::disconnect).empty());
+  std::vector<Seg> segs = drain();  // the NIC sends them and frees the mbufs
+  ASSERT_FALSE(segs.empty());
+  EXPECT_TRUE(segs.back().has(RST)) << "the RST went out at once";
+  engine->poll(now_us);
+  auto sends = host.of(HR::send);
+  ASSERT_EQ(sends.size(), 2u);
+  EXPECT_EQ(sends[0].nbl, &a->nbl);
+  EXPECT_EQ(sends[1].nbl, &b->nbl);
+  for (const auto& s : sends) EXPECT_EQ(s.status, Status::request_aborted);
+  auto dc = host.of(HR::disconnect);
+  ASSERT_EQ(dc.size(), 1u);
+  EXPECT_EQ(dc[0].status, Status::success);
+  EXPECT_LT(host.index_of([](const HR& r) { return r.kind == HR::send; }),
+            host.index_of([](const HR& r) { return r.kind == HR::disconnect; }));
+}
+
+// The peer's RST (C-17) waits the same way; the ABORT event follows the
+// completions.
+TEST_F(Contract, C17_AbortEventFollowsSendsReleasedByTheNic) {
+  offload_default();
+  auto a = Request::with(std::string(3000, 'a'));
+  engine->send(h, &a->nbl);
+  engine->poll(now_us);
+  ASSERT_FALSE(wire.frames.empty());
+  peer(5000, 1000, RST);
+  EXPECT_TRUE(host.of(HR::send).empty());
+  EXPECT_EQ(host.count_events(EventKind::abort), 0);
+  wire.clear();
+  engine->poll(now_us);
+  auto sends = host.of(HR::send);
+  ASSERT_EQ(sends.size(), 1u);
+  EXPECT_EQ(sends[0].status, Status::request_aborted);
+  EXPECT_EQ(host.count_events(EventKind::abort), 1);
+}
+
 TEST_F(Contract, C14_DisconnectCompletionReturnsOnlyItsOwnRequest) {
   offload_default();
   auto s = Request::with("s");
