@@ -4,6 +4,7 @@
 // duplicate ACKs, recovery) and RFC 2018 (SACK).
 #include <rte_hash.h>
 #include <rte_ip.h>
+#include <rte_prefetch.h>
 
 #include "net/packet.hpp"
 #include "tcp/engine_internal.hpp"
@@ -76,6 +77,15 @@ uint16_t Engine::input(rte_mbuf** pkts, uint16_t n, uint64_t now_us, rte_mbuf** 
       }
     } else {
       rte_hash_lookup_bulk_data(table_, key_ptrs, cnt, &hits, data);
+      // The hot part of each TCB (two cache lines, tcb.hpp) is on its way
+      // while the segments before it are processed: with many connections
+      // the table and the records miss the cache (docs/PERFORMANCE.md).
+      for (unsigned i = 0; i < cnt; ++i) {
+        if (!(hits & (1ull << i))) continue;
+        const Tcb* t = &tcbs_[reinterpret_cast<uintptr_t>(data[i])];
+        rte_prefetch0(t);
+        rte_prefetch0(&t->rcv);
+      }
     }
     for (unsigned i = 0; i < cnt; ++i) {
       rte_mbuf* m = pkts[base + i];
