@@ -56,7 +56,7 @@ class ChimneyError(Exception):
         super().__init__(f"{self.status}: {text}" if code is not None else text)
 
 
-def attach_error(text: str) -> ChimneyError:
+def _attach_error(text: str) -> ChimneyError:
     return ChimneyError(None, f"attach: {text}")
 
 
@@ -158,6 +158,7 @@ class Request:
         self._buf = buf   # (offset, allocated length) in the region, freed on completion
         self._data_off = buf[0] if buf else None  # where its data starts (None: not in our mapping)
         self.region = 0   # the region id its buffer is in (0: no buffer)
+        self.offset = buf[0] if buf else 0  # its buffer's offset in that region
         self._waiter = _Waiter({"send": (p.MsgType.SEND_COMPLETE,),
                                 "receive": (p.MsgType.RECEIVE_COMPLETE,),
                                 "disconnect": (p.MsgType.DISCONNECT_COMPLETE,)}[kind])
@@ -393,16 +394,16 @@ _FIRST_TAG_UNKNOWN = 1 << 48  # tags of a taken-over session whose next_tag is n
 
 def _uint(v, bits: int, what: str, low: int = 0) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not low <= v < (1 << bits):
-        raise attach_error(f"{what} must be an integer in [{low}, 2**{bits}), got {v!r}")
+        raise _attach_error(f"{what} must be an integer in [{low}, 2**{bits}), got {v!r}")
     return v
 
 
 def _dict_of(v, keys: Tuple[str, ...], what: str) -> Dict[str, Any]:
     if not isinstance(v, dict):
-        raise attach_error(f"{what} must be a dict, got {type(v).__name__}")
+        raise _attach_error(f"{what} must be a dict, got {type(v).__name__}")
     unknown = sorted(set(v) - set(keys))
     if unknown:
-        raise attach_error(f"{what}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(keys)})")
+        raise _attach_error(f"{what}: unknown key(s) {', '.join(map(repr, unknown))} (known: {', '.join(keys)})")
     return v
 
 
@@ -413,27 +414,27 @@ def _parse_resume_state(state) -> Dict[str, Any]:
         state = {"session": state}
     d = _dict_of(state, _STATE_KEYS, "the state (Target.resume_state() or a session id)")
     if "session" not in d:
-        raise attach_error("the state has no 'session' (the id HELLO_REPLY gave the dead host)")
+        raise _attach_error("the state has no 'session' (the id HELLO_REPLY gave the dead host)")
     out: Dict[str, Any] = {"session": _uint(d["session"], 64, "'session'", 1)}
     region = None
     if d.get("region") is not None:
         r = _dict_of(d["region"], ("id", "size"), "'region'")
         if "id" not in r or "size" not in r:
-            raise attach_error("'region' needs 'id' and 'size'")
+            raise _attach_error("'region' needs 'id' and 'size'")
         region = {"id": _uint(r["id"], 32, "'region' id", 1), "size": _uint(r["size"], 64, "'region' size", 1)}
     out["region"] = region
     conns: List[Dict[str, Any]] = []
     seen = set()
     raw_conns = d.get("connections", [])
     if not isinstance(raw_conns, (list, tuple)):
-        raise attach_error(f"'connections' must be a list, got {type(raw_conns).__name__}")
+        raise _attach_error(f"'connections' must be a list, got {type(raw_conns).__name__}")
     for i, c in enumerate(raw_conns):
         c = _dict_of(c, _CONN_KEYS, f"connections[{i}]")
         if "handle" not in c:
-            raise attach_error(f"connections[{i}] has no 'handle'")
+            raise _attach_error(f"connections[{i}] has no 'handle'")
         h = _uint(c["handle"], 32, f"connections[{i}] handle", 1)
         if h in seen:
-            raise attach_error(f"handle {h:#x} is named twice")
+            raise _attach_error(f"handle {h:#x} is named twice")
         seen.add(h)
         conns.append({"handle": h, "remote_ip": str(c.get("remote_ip", "")),
                       "remote_port": _uint(c.get("remote_port", 0), 16, f"connections[{i}] remote_port"),
@@ -444,21 +445,21 @@ def _parse_resume_state(state) -> Dict[str, Any]:
     tags = set()
     raw_reqs = d.get("requests", [])
     if not isinstance(raw_reqs, (list, tuple)):
-        raise attach_error(f"'requests' must be a list, got {type(raw_reqs).__name__}")
+        raise _attach_error(f"'requests' must be a list, got {type(raw_reqs).__name__}")
     for i, r in enumerate(raw_reqs):
         r = _dict_of(r, _REQUEST_KEYS, f"requests[{i}]")
         missing = [k for k in ("tag", "handle", "kind") if k not in r]
         if missing:
-            raise attach_error(f"requests[{i}] has no {', '.join(map(repr, missing))}")
+            raise _attach_error(f"requests[{i}] has no {', '.join(map(repr, missing))}")
         tag = _uint(r["tag"], 64, f"requests[{i}] tag", 1)
         if tag in tags:
-            raise attach_error(f"tag {tag} is named twice")
+            raise _attach_error(f"tag {tag} is named twice")
         tags.add(tag)
         h = _uint(r["handle"], 32, f"requests[{i}] handle", 1)
         if h not in seen:
-            raise attach_error(f"requests[{i}] (tag {tag}) is on handle {h:#x}, which 'connections' does not name")
+            raise _attach_error(f"requests[{i}] (tag {tag}) is on handle {h:#x}, which 'connections' does not name")
         if r["kind"] not in ("send", "receive", "disconnect"):
-            raise attach_error(f"requests[{i}] kind must be 'send', 'receive' or 'disconnect', got {r['kind']!r}")
+            raise _attach_error(f"requests[{i}] kind must be 'send', 'receive' or 'disconnect', got {r['kind']!r}")
         length = _uint(r.get("length", 0), 32, f"requests[{i}] length")
         reqs.append({"tag": tag, "handle": h, "kind": r["kind"],
                      "region": _uint(r.get("region", region["id"] if region and length else 0), 32,
@@ -470,7 +471,7 @@ def _parse_resume_state(state) -> Dict[str, Any]:
     else:
         out["next_tag"] = _uint(d["next_tag"], 64, "'next_tag'", 1)
         if tags and max(tags) >= out["next_tag"]:
-            raise attach_error(f"'next_tag' {out['next_tag']} is not above every request's tag (up to {max(tags)})")
+            raise _attach_error(f"'next_tag' {out['next_tag']} is not above every request's tag (up to {max(tags)})")
     return out
 
 
@@ -521,17 +522,17 @@ class Target:
                 raise ChimneyError(None, f"region_fd {region_fd!r}: {e}") from None
             if plan is not None:
                 if plan["region"] is None:
-                    raise attach_error("region_fd needs the state's 'region' (the id and size of the region "
+                    raise _attach_error("region_fd needs the state's 'region' (the id and size of the region "
                                        "this memory is)")
                 if region_size is not None and region_size != plan["region"]["size"]:
-                    raise attach_error(f"region_size {region_size} is not the state's region size "
+                    raise _attach_error(f"region_size {region_size} is not the state's region size "
                                        f"{plan['region']['size']}")
                 region_size = plan["region"]["size"]
             elif region_size is None:
                 region_size = size
             if size < region_size:
                 text = f"region_fd is {size} bytes, smaller than the region's {region_size}"
-                raise attach_error(text) if plan is not None else ChimneyError(None, text)
+                raise _attach_error(text) if plan is not None else ChimneyError(None, text)
         elif region_size is None:
             region_size = DEFAULT_REGION_SIZE
         if region_size <= 0:
@@ -615,12 +616,13 @@ class Target:
             if mapped and r["length"] and r["region"] == plan["region"]["id"]:
                 buf = self._alloc.reserve(r["offset"], r["length"])
                 if buf is None:
-                    raise attach_error(f"request tag {r['tag']}: buffer [{r['offset']}, +{r['length']}) lies "
+                    raise _attach_error(f"request tag {r['tag']}: buffer [{r['offset']}, +{r['length']}) lies "
                                        f"outside the {self.region_size}-byte region or overlaps another request's")
             req = Request(self, self._conns[r["handle"]], r["kind"], r["tag"], buf, inherited=True)
             req._data_off = r["offset"] if buf is not None else None
             req.data_length = r["length"]
             req.region = r["region"]
+            req.offset = r["offset"]
             self._requests[r["tag"]] = req
             self.inherited.append(req)
         self._next_tag = plan["next_tag"]
@@ -658,7 +660,7 @@ class Target:
                                  "local_ip": c.local_ip, "local_port": c.local_port}
                                 for c in self._conns.values() if not c.terminated],
                 "requests": [{"tag": r.tag, "handle": r.conn.handle, "kind": r.kind, "region": r.region,
-                              "offset": r._data_off if r._data_off is not None else 0, "length": r.data_length}
+                              "offset": r.offset, "length": r.data_length}
                              for r in self._requests.values()],
             }
 
