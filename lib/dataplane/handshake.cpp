@@ -42,8 +42,12 @@ constexpr uint32_t kCookiePeriodS = 64;  // the counter t ticks every 64 s
 uint32_t tuple_secret_hash(uint32_t local_ip, uint32_t remote_ip, uint16_t local_port, uint16_t remote_port,
                            uint32_t purpose) {
   static const uint64_t secret = rte_rand();
-  const uint32_t words[4] = {local_ip, remote_ip, (uint32_t{local_port} << 16) | remote_port, purpose};
-  return rte_hash_crc(words, sizeof words, static_cast<uint32_t>(secret >> (purpose * 32)));
+  // Word by word: rte_hash_crc over a uint32_t array reads it as uint64_t,
+  // which g++ -O3 reports as a read of uninitialised memory (-Werror).
+  uint32_t h = static_cast<uint32_t>(secret >> (purpose * 32));
+  for (const uint32_t w : {local_ip, remote_ip, (uint32_t{local_port} << 16) | remote_port, purpose})
+    h = rte_hash_crc_4byte(w, h);
+  return h;
 }
 
 uint8_t cookie_mss_index(uint16_t mss) {
