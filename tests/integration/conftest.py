@@ -134,6 +134,26 @@ def send_stream(conn, total, chunk=MiB, window=8, stop=None, start=0):
     return sent
 
 
+def wait_until(what, fn, timeout=10.0, interval=0.05):
+    """Polls fn() until it returns something true; AssertionError with the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout} s (last: {v!r})")
+        time.sleep(interval)
+
+
+# The pools a test checks against their baseline (nothing leaked), from STATS.
+POOLS = ("port0_mbufs_free", "port0_attach_mbufs_free", "op_records_free")
+
+
+def pools(stats):
+    return {k: stats[k] for k in POOLS}
+
+
 def chimneyd_binary() -> Path:
     return Path(os.environ.get("CHIMNEYD") or ROOT / "build" / "app" / "chimneyd" / "chimneyd")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, ROOT, LinuxPeer, send_stream
+from conftest import POOLS, PYTHON, ROOT, LinuxPeer, pools, send_stream, wait_until
 from chimney import protocol as p
 from chimney.client import ChimneyError, Target as Client
 
@@ -222,25 +222,6 @@ def body_of(body):
 
 def sha(n, offset=0):
     return hashlib.sha256(stream_peer.stream(n, offset)).hexdigest()
-
-
-def wait_until(what, fn, timeout=10.0, interval=0.05):
-    """Polls fn() until it returns something true; AssertionError with the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {v!r})")
-        time.sleep(interval)
-
-
-POOLS = ("port0_mbufs_free", "port0_attach_mbufs_free", "op_records_free")
-
-
-def pools(stats):
-    return {k: stats[k] for k in POOLS}
 
 
 def settled(observer, baseline):

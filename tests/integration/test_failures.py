@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from conftest import PYTHON, LinuxCtl, LinuxPeer, send_stream
-from test_control_bad_input import wait_until
+from conftest import PYTHON, LinuxCtl, LinuxPeer, pools, send_stream, wait_until
 import peer as stream_peer
 
 from chimney.client import ChimneyError, Target, region_memfd
@@ -22,12 +21,7 @@ from chimney.client import ChimneyError, Target, region_memfd
 MiB = 1 << 20
 HERE = os.path.dirname(os.path.abspath(__file__))
 HOST = os.path.join(HERE, "host_stream.py")
-POOLS = ("port0_mbufs_free", "port0_attach_mbufs_free", "op_records_free")
 SUCCESS = "NDIS_STATUS_SUCCESS"
-
-
-def pools(stats):
-    return {k: stats[k] for k in POOLS}
 
 
 def settle(observer, baseline, timeout=15.0):

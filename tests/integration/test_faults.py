@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import PYTHON, start_target
+from conftest import PYTHON, pools, start_target, wait_until
 import peer as stream_peer
 from wirecheck import Wire
 
@@ -36,7 +36,6 @@ DEADLINE = float(os.environ.get("CHIMNEY_FAULT_DEADLINE", "0"))
 # A directory: each run keeps a capture of the Linux side of the TAP there
 # (frames chimney's TX stage dropped are not in it; frames its RX stage drops are).
 PCAP_DIR = os.environ.get("CHIMNEY_FAULT_PCAP")
-POOLS = ("port0_mbufs_free", "port0_attach_mbufs_free", "op_records_free")
 
 PROFILES = {
     # loss, with 10% reordering, 2% duplication and 1% corruption, each direction
@@ -57,17 +56,6 @@ SIZES = {
 def size(profile, which):
     full = (256 * MiB, 64 * MiB)[which]
     return int((full if FULL else SIZES[profile][which]) * SCALE)
-
-
-def wait_until(what, fn, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s (last: {v!r})")
-        time.sleep(0.05)
 
 
 class Stream:
@@ -194,7 +182,7 @@ def fault_run(chimneyd, tmp_path, profile, nconn, nbytes, port, deadline_s):
         wire = Wire(ns, PCAP_DIR, name=f"faults-{profile}-x{nconn}-{seed}.pcap").start() if PCAP_DIR else None
         region = min(max(nconn * 8 * MiB, 64 * MiB), 1024 * MiB)
         with Target(ns.control_socket, region_size=region) as t:
-            baseline = {k: t.stats()[k] for k in POOLS}
+            baseline = pools(t.stats())
             linux = ns.popen([PYTHON, BULK_PEER, str(port), str(nconn), str(nbytes)],
                              stdout=subprocess.PIPE, text=True)
             assert linux.stdout.readline().strip() == "listening"
@@ -229,7 +217,7 @@ def fault_run(chimneyd, tmp_path, profile, nconn, nbytes, port, deadline_s):
             # Nothing leaks: connections released, every pool back where it was.
             wait_until("connections released and pools at their baseline",
                        lambda: (lambda s: s["connections"] == 0
-                                and {k: s[k] for k in POOLS} == baseline)(t.stats()))
+                                and pools(s) == baseline)(t.stats()))
             imp = ns.port(0)
             print(f"{profile} x{nconn} {nbytes / 1024:.0f} KiB each way: {elapsed:.1f} s, "
                   f"rx {imp.get('impair_rx')}, tx {imp.get('impair_tx')}, engine {engine_summary(ns)}")

@@ -12,7 +12,7 @@ Modules:
                    and its Completion, events.
 """
 
-from .client import ChimneyError, Completion, Connection, Event, RegionFull, Request, Target
+from .client import ChimneyError, Completion, Connection, Event, RegionFull, Request, Target, region_memfd
 
 __all__ = ["testing", "protocol", "client", "Target", "Connection", "Request", "Completion", "Event",
-           "ChimneyError", "RegionFull"]
+           "ChimneyError", "RegionFull", "region_memfd"]
