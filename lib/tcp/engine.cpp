@@ -904,26 +904,20 @@ void Engine::poll(uint64_t now_us) {
   // Aborted connections' completions, then terminates, wait until the NIC
   // released every send buffer (DESIGN.md buffers); aborts first, so that
   // a terminate behind an abort returns nothing it completed (C-13, C-21).
-  for (size_t i = 0; i < pending_aborts_.size();) {
-    Tcb& c = *pending_aborts_[i];
-    if (!send_queue_released(c)) {
-      ++i;
-      continue;
+  const auto finish_released = [this](std::vector<Tcb*>& pending, void (Engine::*finish)(Tcb&)) {
+    for (size_t i = 0; i < pending.size();) {
+      Tcb& c = *pending[i];
+      if (!send_queue_released(c)) {
+        ++i;
+        continue;
+      }
+      pending[i] = pending.back();
+      pending.pop_back();
+      (this->*finish)(c);
     }
-    pending_aborts_[i] = pending_aborts_.back();
-    pending_aborts_.pop_back();
-    finish_abort(c);
-  }
-  for (size_t i = 0; i < pending_terminates_.size();) {
-    Tcb& c = *pending_terminates_[i];
-    if (!send_queue_released(c)) {
-      ++i;
-      continue;
-    }
-    pending_terminates_[i] = pending_terminates_.back();
-    pending_terminates_.pop_back();
-    finish_terminate(c);
-  }
+  };
+  finish_released(pending_aborts_, &Engine::finish_abort);
+  finish_released(pending_terminates_, &Engine::finish_terminate);
   run_output_list();
   flush();
 }
