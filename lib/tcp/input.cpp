@@ -157,6 +157,23 @@ void Engine::segment_arrives(Tcb& c, rte_mbuf* m) {
       ++stats_.rst_in_ignored;  // RFC 5961 §3.2: out of window, dropped
     } else {
       ++stats_.drop_out_of_window;
+      // RFC 7323 §4.3 (2) asks SEG.SEQ <= Last.ACK.sent (and PAWS, passed
+      // above): a retransmission of the segment our lost ACK covered, ending
+      // at Last.ACK.sent, updates TS.Recent, so the duplicate ACK echoes its
+      // TSval and the sender's RTT sample is one round trip, not the whole
+      // backoff. As Linux (tcp_sequence, then tcp_replace_ts_recent: the
+      // segment reaches rcv_wup, its ACK is valid). Echoing the original's
+      // TSval grew a Linux peer's RTO to 120 s at 20% loss. A blind sender
+      // cannot move TS.Recent this way: the segment must end at
+      // Last.ACK.sent and carry an acceptable ACK (RFC 5961 §5.2). Not for
+      // a SYN: a retransmitted SYN-ACK is answered as Linux answers it.
+      const uint32_t end = s.seq + seg_len;
+      if (c.flags.timestamps && s.opts.has_timestamp && !syn && (s.flags & kAck) &&
+          seq_leq(s.seq, c.rcv.last_ack_sent) && seq_geq(end, c.rcv.last_ack_sent) &&
+          seq_leq(end, c.rcv.nxt) && !seq_gt(s.ack, c.snd.max) && !seq_lt(s.ack, c.snd.una - c.snd.max_wnd)) {
+        c.rcv.ts_recent = s.opts.ts_val;
+        c.rcv.ts_recent_ms = static_cast<uint32_t>(now_ms_);
+      }
       c.flags.ack_now = true;  // <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
       mark_output(c);
     }

@@ -560,6 +560,31 @@ TEST_F(Rfc, Rfc7323_PawsDropsAndAcksAnOldTimestampSegment) {
   EXPECT_EQ(delegated().ts_recent, 500u);
 }
 
+// RFC 7323 §4.3 (2): a retransmission of the segment our (lost) ACK
+// covered ends at Last.ACK.sent: its TSval becomes TS.Recent, so the
+// duplicate ACK lets the sender time one round trip, not its backoff (as
+// Linux). A duplicate that ends earlier, or carries an ACK of data never
+// sent (RFC 5961 §5.2), leaves TS.Recent alone.
+TEST_F(Rfc, Rfc7323_RetransmissionOfTheLastSegmentRefreshesTsRecent) {
+  offload_default();
+  peer_ts_val(kIrs, kIss, ACK | PSH, 300, "abcd");
+  EXPECT_EQ(next_after(40).opts.ts_ecr, 300u);
+  peer_ts_val(kIrs + 4, kIss, ACK | PSH, 310, "efgh");
+  EXPECT_EQ(next_after(40).opts.ts_ecr, 310u);  // Last.ACK.sent = kIrs + 8
+  peer_ts_val(kIrs, kIss, ACK, 900, "abcd");     // an older segment again
+  Seg old = next();
+  EXPECT_EQ(old.ack, kIrs + 8);
+  EXPECT_EQ(old.opts.ts_ecr, 310u) << "it does not reach Last.ACK.sent";
+  peer_ts_val(kIrs + 4, kIss + 5000, ACK, 950, "efgh");  // ACKs data never sent
+  Seg forged = next();
+  EXPECT_EQ(forged.opts.ts_ecr, 310u) << "an unacceptable ACK";
+  peer_ts_val(kIrs + 4, kIss, ACK, 1000, "efgh");  // the sender's retransmission
+  Seg dup = next();
+  EXPECT_EQ(dup.ack, kIrs + 8);
+  EXPECT_EQ(dup.opts.ts_ecr, 1000u);
+  EXPECT_EQ(host.indicated, "abcdefgh") << "each byte delivered once";
+}
+
 // RFC 7323 §5.3 R1: "... and if the RST bit is not set": RST is exempt.
 TEST_F(Rfc, Rfc7323_PawsExemptsRst) {
   offload_default();
