@@ -806,9 +806,11 @@ IdleResult run_idle(uint32_t n) {
   r.offload_seconds = tsc_seconds(t1 - t0);
   r.rss_per_conn = static_cast<double>(rss1 - rss0) / n;
   r.rte_per_slot = static_cast<double>(rte1 - rte0) / n;
-  // generation_ (uint16_t) and free_slots_ (uint32_t) per slot; per
-  // TIME_WAIT entry its record and a free-list index.
-  r.heap_per_slot = sizeof(uint16_t) + sizeof(uint32_t) + sizeof(Engine::TimeWait) + sizeof(uint32_t);
+  // generation_ (uint16_t) and free_slots_ (uint32_t) per slot, and the
+  // TIME_WAIT records (their free list runs through them), of which there
+  // are fewer than slots.
+  r.heap_per_slot = sizeof(uint16_t) + sizeof(uint32_t) +
+                    sizeof(Engine::TimeWait) * static_cast<double>(tcp::default_time_wait_entries(n)) / n;
   r.ok = host.offloaded == n && host.refused == 0 && e->connections() == n;
   if (!r.ok)
     std::fprintf(stderr, "idle: %llu offloaded, %llu refused of %u\n", (unsigned long long)host.offloaded,
