@@ -1,8 +1,14 @@
 // chimney-bench: shared definitions of the benchmark driver (figures, options).
 #pragma once
 
+#include <sys/types.h>
+
+#include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -19,6 +25,7 @@ struct Options {
   int cpu = 1;                       // the core everything measured runs on
   int other_cpu = 0;                 // testpmd's main lcore (mostly asleep)
   bool smoke = false;
+  bool remote = false;               // chimneyd over memif (remote.cpp) is measured in this run
   std::string peer_path;             // chimney-bench-peer
   std::string testpmd = "dpdk-testpmd";
   std::string load_note;             // uptime's load average at the start
@@ -62,5 +69,89 @@ void run_patterns(const Options& o, Figures& f);
 std::vector<std::string> garbage_drop_reasons();  // the DropReasons of the garbage frames, in order
 
 std::string load_average();  // /proc/loadavg's first three fields
+
+// Child processes (reference.cpp): argv started in a process group of its
+// own, stdout and stderr to `out_path` (or /dev/null); waited for up to
+// `seconds` (then SIGKILL to the group; -1), or stopped with `sig` and a
+// grace period.
+pid_t spawn(const std::vector<std::string>& argv, const std::string& out_path);
+int wait_for(pid_t pid, double seconds);
+void stop(pid_t pid, int sig, double grace);
+
+// ---------------------------------------------------------------- peer ----
+// chimney-bench peer (peer.cpp): a tcp::Engine of its own on a memif port,
+// the remote end of a real chimneyd. Each listening port runs one service.
+struct PeerService {
+  enum class Kind : uint8_t { sink, source, echo };
+  Kind kind = Kind::sink;
+  uint16_t port = 0;
+  uint64_t bytes = 0;   // source: bytes to send, then FIN (0: until the other side's FIN)
+  uint32_t chunk = 0;   // source, echo: bytes per request (0: the kind's default)
+  uint32_t window = 0;  // source, echo: requests outstanding (0: the kind's default)
+  bool hash = true;     // sha256 of what was received and sent, in the report
+};
+const char* to_string(PeerService::Kind k);
+// "PORT=KIND[,bytes=N][,chunk=N][,window=N][,hash=0|1]"; nullopt and `error` when bad.
+std::optional<PeerService> parse_peer_service(const std::string& spec, std::string& error);
+
+struct PeerOptions {
+  std::string socket;                  // memif control socket (abstract unless memif_devargs say otherwise)
+  std::string role = "server";         // memif role; chimneyd takes the other
+  std::string address = "198.18.0.1/24";  // ours, and the on-link prefix (198.18.0.0/15 only)
+  std::string mac = "02:00:c6:12:00:01";
+  std::string memif_devargs;           // more memif devargs (socket-abstract=no, ...)
+  std::vector<PeerService> services;
+  uint32_t max_connections = 16384;
+  uint32_t rcv_window = 4u << 20;      // each connection's receive window (the listeners' CachedState)
+  unsigned idle_sleep_us = 0;          // sleep after 1000 idle polls (0: spin)
+  unsigned mbufs = 16383;
+};
+// The EAL --vdev of the peer's memif port (net_memif0).
+std::string peer_vdev(const PeerOptions& o);
+// The default services: 7001 sink, 7002 source (4 MiB), 7003 echo.
+std::vector<PeerService> default_peer_services();
+
+// The peer endpoint: port, engine, slow path (ARP, listeners' handshakes,
+// RST for closed ports) and the services. Made after rte_eal_init with
+// peer_vdev among its arguments; throws std::runtime_error. `report`
+// (may be nullptr) gets one JSON line per connection when it is released.
+class PeerEndpoint {
+ public:
+  PeerEndpoint(const PeerOptions& o, FILE* report);
+  ~PeerEndpoint();
+  PeerEndpoint(const PeerEndpoint&) = delete;
+  PeerEndpoint& operator=(const PeerEndpoint&) = delete;
+  // The poll loop, on the calling (EAL main) thread, until `stop` is set.
+  void run(const std::atomic<bool>& stop);
+  std::string ready_json() const;  // address, MAC, socket, services
+  std::string exit_json() const;   // counters: frames, ARP, RST, drops, engine, connections
+  uint64_t connections_closed() const;
+  uint64_t connections_failed() const;  // ended by abort, retrieve, refusal or a failed request
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// `chimney-bench peer`: the endpoint until SIGINT/SIGTERM (EAL already up).
+// Prints ready_json, one line per connection, then exit_json, on stdout.
+int run_peer_command(const PeerOptions& o);
+
+// ------------------------------------------------------------- remote ----
+// `chimney-bench remote` (remote.cpp): the peer endpoint in this process,
+// and chimneyd driven through the C++ client (lib/client) over its control
+// socket: bulk goodput each way on one connection, 64 B request/response
+// over N connections.
+struct RemoteOptions {
+  PeerOptions peer;
+  std::string chimneyd;        // start this chimneyd (memif client of our socket); empty: use control_socket
+  std::string control_socket;  // of a chimneyd already running
+  std::string chimneyd_address = "198.18.0.2/24";
+  std::string chimneyd_mac = "02:00:c6:12:00:02";
+  std::vector<std::string> chimneyd_args;  // more chimneyd options (after the generated ones)
+  std::vector<uint32_t> rr_connections{1, 100};
+  bool smoke = false;
+};
+void run_remote(const Options& o, const RemoteOptions& r, const std::vector<std::string>& only, Figures& f);
 
 }  // namespace chimney::bench

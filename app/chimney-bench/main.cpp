@@ -7,6 +7,10 @@
 //   chimney-bench wire    [options]   the memif wire limit only
 //   chimney-bench patterns [options]  tests/pktgen's three traffic patterns, replayed in-process
 //   chimney-bench smoke               every workload briefly; non-zero if one moved nothing
+//                                     (with --chimneyd: the remote workloads too)
+//   chimney-bench peer    [options]   the remote end of a real chimneyd over memif, until SIGTERM
+//   chimney-bench remote  [options]   a real chimneyd over memif driven through lib/client,
+//                                     beside the in-process and Linux figures
 #include <filesystem>
 #include <sched.h>
 #include <unistd.h>
@@ -25,6 +29,9 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include "bench.hpp"
 #include "dataplane/eal.hpp"
@@ -74,8 +81,23 @@ struct Row {
   double ref_const = 0;  // a fixed reference (the goal itself) when ref_key is empty
 };
 
-std::vector<Row> table_rows(const Options& o) {
+std::vector<Row> table_rows(const Options& o, const std::vector<uint32_t>& remote_rr) {
   std::vector<Row> rows;
+  if (o.remote) {
+    // chimneyd over memif, each figure beside the in-process one and Linux's
+    for (const auto& [dir, key] : {std::pair<std::string, std::string>{"host -> peer", "remote_bulk_tx_gbps"},
+                                   {"peer -> host", "remote_bulk_rx_gbps"}}) {
+      const std::string label = "chimneyd over memif: bulk, 1 conn, " + dir;
+      rows.push_back({label, "Gbit/s", key, "in-process one way", "bulk_1way_gbps", ""});
+      rows.push_back({label, "Gbit/s", key, "Linux veth one way", "linux_bulk_1way_gbps", ""});
+    }
+    for (uint32_t n : remote_rr) {
+      const std::string k = "64_" + std::to_string(n);
+      const std::string label = "chimneyd over memif: req/resp 64 B, " + std::to_string(n) + " conn";
+      rows.push_back({label, "trans/s", "remote_rr_" + k, "in-process", "rr_" + k, ""});
+      rows.push_back({label, "trans/s", "remote_rr_" + k, "Linux veth", "linux_rr_" + k, ""});
+    }
+  }
   rows.push_back({"bulk goodput, 1 connection, one way", "Gbit/s", "bulk_1way_gbps", "Linux veth", "linux_bulk_1way_gbps", ">= 1"});
   rows.push_back({"bulk goodput, 1 connection, both ways", "Gbit/s", "bulk_2way_gbps", "Linux veth", "linux_bulk_2way_gbps", ">= 1"});
   for (int msg : {64, 1024})
@@ -123,9 +145,10 @@ struct Printed {
   std::string label, unit, chimney, ref_label, ref, ratio, goal;
 };
 
-int report(const Options& o, const Figures& f, const std::string& csv_path, const std::string& raw_path, bool smoke) {
+int report(const Options& o, const std::vector<uint32_t>& remote_rr, const Figures& f, const std::string& csv_path,
+           const std::string& raw_path, bool smoke) {
   std::vector<Printed> out;
-  for (const Row& r : table_rows(o)) {
+  for (const Row& r : table_rows(o, remote_rr)) {
     const Figure* c = f.get(r.key);
     const Figure* rk = r.ref_key.empty() ? nullptr : f.get(r.ref_key);
     if (c == nullptr && rk == nullptr) continue;
@@ -179,7 +202,7 @@ int report(const Options& o, const Figures& f, const std::string& csv_path, cons
   if (!csv_path.empty()) {
     std::ofstream csv(csv_path);
     csv << "figure,unit,chimney,reference,reference_value,ratio,goal\n";
-    for (const Row& r : table_rows(o)) {
+    for (const Row& r : table_rows(o, remote_rr)) {
       const Figure* c = f.get(r.key);
       if (c == nullptr) continue;
       const Figure* rf = r.ref_key.empty() ? nullptr : f.get(r.ref_key);
@@ -211,10 +234,11 @@ int report(const Options& o, const Figures& f, const std::string& csv_path, cons
   return failed == 0 ? 0 : 1;
 }
 
-bool init_eal(const Options& o, uint64_t memory_mb) {
+bool init_eal(const Options& o, uint64_t memory_mb, const std::vector<std::string>& extra = {}) {
   const auto huge = chimney::dataplane::detect_hugepages();
   std::vector<std::string> args = {"chimney-bench", "-l", std::to_string(o.cpu), "--no-pci", "--log-level=warning",
                                    "--file-prefix=cbench-" + std::to_string(getpid())};
+  args.insert(args.end(), extra.begin(), extra.end());
   if (huge.mounted && huge.free_bytes >= (memory_mb << 20)) {
     args.insert(args.end(), {"-m", std::to_string(memory_mb), "--huge-unlink"});
   } else {
@@ -242,7 +266,11 @@ int main(int argc, char** argv) {
   Options o;
   std::string command, csv, raw_csv, plot_dir, rr_list, cost_list, linux_rr_list, only_list;
   uint64_t memory_mb = 0;
-  po::options_description desc("chimney-bench <run|inproc|linux|wire|patterns|smoke> [options]");
+  RemoteOptions remote;
+  std::vector<std::string> listen_specs;
+  std::string remote_rr_list;
+  bool no_references = false;
+  po::options_description desc("chimney-bench <run|inproc|linux|wire|patterns|smoke|peer|remote> [options]");
   desc.add_options()
       ("help,h", "this text")
       ("command", po::value(&command), "run | inproc | linux | wire | patterns | smoke")
@@ -262,6 +290,28 @@ int main(int argc, char** argv) {
       ("memory", po::value(&memory_mb), "EAL memory in MiB (default from --connections)")
       ("peer", po::value(&o.peer_path), "chimney-bench-peer (default: next to this program)")
       ("testpmd", po::value(&o.testpmd)->default_value("dpdk-testpmd"), "dpdk-testpmd");
+  po::options_description peer_desc("peer and remote (a chimneyd over memif)");
+  peer_desc.add_options()
+      ("socket", po::value(&remote.peer.socket), "memif control socket (peer: /run/chimney/memif.sock; remote: a private one)")
+      ("role", po::value(&remote.peer.role)->default_value("server"), "the peer's memif role (chimneyd takes the other)")
+      ("address", po::value(&remote.peer.address)->default_value("198.18.0.1/24"), "the peer's address/prefix (198.18.0.0/15 only)")
+      ("mac", po::value(&remote.peer.mac)->default_value("02:00:c6:12:00:01"), "the peer's MAC")
+      ("memif-devargs", po::value(&remote.peer.memif_devargs), "more memif devargs, e.g. socket-abstract=no")
+      ("listen", po::value(&listen_specs)->composing(),
+       "a service, repeatable: PORT=sink|source|echo[,bytes=N][,chunk=N][,window=N][,hash=0|1] "
+       "(default 7001=sink 7002=source,bytes=4194304 7003=echo)")
+      ("max-connections", po::value(&remote.peer.max_connections)->default_value(16384), "the peer engine's table size")
+      ("rcv-window", po::value(&remote.peer.rcv_window)->default_value(4u << 20), "the peer's receive window per connection")
+      ("idle-sleep-us", po::value(&remote.peer.idle_sleep_us)->default_value(50),
+       "the peer loop sleeps this long after 1000 idle polls (0: spin)")
+      ("chimneyd", po::value(&remote.chimneyd), "remote/smoke: start this chimneyd as the memif's other end")
+      ("chimneyd-arg", po::value(&remote.chimneyd_args)->composing(),
+       "remote/smoke: one more chimneyd option for the chimneyd started here, repeatable "
+       "(e.g. --chimneyd-arg=--idle-sleep-us=0)")
+      ("control-socket", po::value(&remote.control_socket), "remote: the control socket of a chimneyd already running")
+      ("remote-rr-connections", po::value(&remote_rr_list)->default_value("1,100"), "remote: request/response connection counts")
+      ("no-references", po::bool_switch(&no_references), "remote: skip the in-process and Linux figures");
+  desc.add(peer_desc);
   po::positional_options_description pos;
   pos.add("command", 1);
   po::variables_map vm;
@@ -276,6 +326,42 @@ int main(int argc, char** argv) {
     std::cout << desc;
     return command.empty() && !vm.count("help") ? 2 : 0;
   }
+  // The dataplane's log lines (port set-up) go to stderr with DPDK's.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("chimney-bench"));
+  if (command == "peer" || command == "remote" || (command == "smoke" && !remote.chimneyd.empty())) {
+    if (listen_specs.empty()) {
+      remote.peer.services = default_peer_services();
+    } else {
+      for (const std::string& spec : listen_specs) {
+        std::string error;
+        auto s = parse_peer_service(spec, error);
+        if (!s) {
+          std::cerr << "--listen " << error << "\n";
+          return 2;
+        }
+        remote.peer.services.push_back(*s);
+      }
+    }
+    remote.rr_connections = parse_list(remote_rr_list);
+  }
+  if (command == "peer") {
+    // The remote end of a chimneyd, until SIGINT/SIGTERM (tests/integration/devices.py).
+    if (remote.peer.socket.empty()) remote.peer.socket = "/run/chimney/memif.sock";
+    if (!init_eal(o, memory_mb != 0 ? memory_mb : 512, {"--vdev=" + peer_vdev(remote.peer)})) {
+      std::fprintf(stderr, "rte_eal_init failed\n");
+      return 1;
+    }
+    const int rc = run_peer_command(remote.peer);
+    const std::string runtime = rte_eal_get_runtime_dir();
+    rte_eal_cleanup();
+    std::error_code ignored;  // our EAL runtime directory (cbench-<pid>)
+    std::filesystem::remove_all(runtime, ignored);
+    return rc;
+  }
+  if (command == "remote" && remote.chimneyd.empty() && remote.control_socket.empty()) {
+    std::cerr << "remote needs --chimneyd PATH (start one) or --control-socket PATH (one already running)\n";
+    return 2;
+  }
   if (command == "smoke") {
     // every workload, briefly, with small counts (CI; < 60 s)
     o.smoke = true;
@@ -286,6 +372,17 @@ int main(int argc, char** argv) {
     linux_rr_list = "1,100";
     cost_list = "1,20000";
     o.churn_parallel = 16;
+    remote_rr_list = "1,100";
+    remote.rr_connections = parse_list(remote_rr_list);
+  }
+  o.remote = command == "remote" || (command == "smoke" && !remote.chimneyd.empty());
+  if (o.remote && remote.peer.socket.empty()) remote.peer.socket = "/tmp/cbench-" + std::to_string(getpid()) + "-memif.sock";
+  if (command == "remote") {
+    // The references of the remote figures, measured in this run: the same
+    // workloads in-process and over Linux veth, with the same connection counts.
+    rr_list = linux_rr_list = remote_rr_list;
+    if (vm["connections"].defaulted()) o.connections = 16384;  // chimneyd's default table size per worker
+    if (only_list.empty()) only_list = "bulk,rr";
   }
   o.rr_connections = parse_list(rr_list);
   o.linux_rr_connections = parse_list(linux_rr_list);
@@ -296,23 +393,30 @@ int main(int argc, char** argv) {
   if (memory_mb == 0)
     memory_mb = o.smoke || command == "patterns" ? 1024 : 1536 + static_cast<uint64_t>(o.connections) * 2600 / 1'000'000;
 
+  const bool references = command != "remote" || !no_references;
   const bool patterns = command == "patterns" ||
       ((command == "run" || command == "inproc" || command == "smoke") &&
        (only.empty() || std::find(only.begin(), only.end(), "patterns") != only.end()));
-  const bool inproc = command == "run" || command == "inproc" || command == "smoke";
-  const bool linux_ref = command == "run" || command == "linux" || command == "smoke";
+  const bool inproc = command == "run" || command == "inproc" || command == "smoke" || (command == "remote" && references);
+  const bool linux_ref = command == "run" || command == "linux" || command == "smoke" || (command == "remote" && references);
   const bool wire = command == "run" || command == "wire" || command == "smoke";
-  if (!inproc && !linux_ref && !wire && !patterns) {
+  if (!inproc && !linux_ref && !wire && !patterns && !o.remote) {
     std::cerr << "unknown command " << command << "\n" << desc;
     return 2;
   }
   Figures f;
   std::vector<double> latency;
+  std::vector<std::string> eal_extra;
+  if (o.remote) {
+    eal_extra.push_back("--vdev=" + peer_vdev(remote.peer));
+    memory_mb += 256;  // the peer's port, engine and slow path
+  }
+  const bool eal = inproc || patterns || o.remote;
+  if (eal && !init_eal(o, memory_mb, eal_extra)) {
+    std::fprintf(stderr, "rte_eal_init failed\n");
+    return 1;
+  }
   if (inproc) {
-    if (!init_eal(o, memory_mb)) {
-      std::fprintf(stderr, "rte_eal_init failed\n");
-      return 1;
-    }
     f.set("load_inproc", 0, true, load_average());
     try {
       run_inproc(o, only, f, latency);
@@ -322,10 +426,6 @@ int main(int argc, char** argv) {
     }
   }
   if (patterns) {
-    if (!inproc && !init_eal(o, memory_mb)) {
-      std::fprintf(stderr, "rte_eal_init failed\n");
-      return 1;
-    }
     f.set("load_patterns", 0, true, load_average());
     try {
       run_patterns(o, f);
@@ -337,6 +437,10 @@ int main(int argc, char** argv) {
   if (linux_ref) {
     f.set("load_linux", 0, true, load_average());
     run_linux(o, only, f);
+  }
+  if (o.remote) {
+    f.set("load_remote", 0, true, load_average());
+    run_remote(o, remote, command == "smoke" ? std::vector<std::string>{} : only, f);
   }
   if (wire && (only.empty() || std::find(only.begin(), only.end(), "wire") != only.end() || command == "wire")) {
     f.set("load_wire", 0, true, load_average());
@@ -368,8 +472,8 @@ int main(int argc, char** argv) {
       lat << latency[i] << ' ' << static_cast<double>(i + 1) / static_cast<double>(latency.size()) << '\n';
     if (!latency.empty()) lat << latency.back() << " 1\n";
   }
-  const int rc = report(o, f, csv, raw_csv, command == "smoke");
-  if (inproc || patterns) {
+  const int rc = report(o, remote.rr_connections, f, csv, raw_csv, command == "smoke");
+  if (eal) {
     const std::string runtime = rte_eal_get_runtime_dir();
     rte_eal_cleanup();
     std::error_code ignored;  // our EAL runtime directory (cbench-<pid>), as chimney.testing does

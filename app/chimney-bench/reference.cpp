@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,11 +42,14 @@ int run_quiet(const std::string& cmd) {
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
+}  // namespace
+
 // Starts argv with stdout to `out_path` (or /dev/null); returns the pid.
 pid_t spawn(const std::vector<std::string>& argv, const std::string& out_path) {
   const pid_t pid = fork();
   if (pid == 0) {
     setpgid(0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the bench (a crash, a kill)
     const int out = open(out_path.empty() ? "/dev/null" : out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
     const int in = open("/dev/null", O_RDONLY);
     dup2(in, 0);
@@ -84,6 +88,8 @@ void stop(pid_t pid, int sig, double grace) {
     // wait_for killed it
   }
 }
+
+namespace {
 
 std::string slurp(const std::string& path) {
   std::ifstream f(path);

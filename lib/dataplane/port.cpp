@@ -108,8 +108,12 @@ Port open_port(size_t index, const std::string& device, const PortConfig& pc, co
     rte_ether_addr mac = *pc.mac;
     if (int rc = rte_eth_dev_default_mac_addr_set(port.id, &mac); rc != 0) fail(device, "set mac", rc);
   }
-  if (int rc = rte_eth_dev_set_mtu(port.id, pc.mtu); rc != 0)
-    fail(device, "set mtu " + std::to_string(pc.mtu), rc);
+  if (int rc = rte_eth_dev_set_mtu(port.id, pc.mtu); rc != 0) {
+    // Some devices (memif) cannot change their MTU: fine when it is already ours.
+    uint16_t mtu = 0;
+    if (rc != -ENOTSUP || rte_eth_dev_get_mtu(port.id, &mtu) != 0 || mtu != pc.mtu)
+      fail(device, "set mtu " + std::to_string(pc.mtu), rc);
+  }
   if (int rc = rte_eth_macaddr_get(port.id, &port.mac); rc != 0) fail(device, "read mac", rc);
 
   if (int rc = rte_eth_dev_start(port.id); rc != 0) fail(device, "start", rc);
