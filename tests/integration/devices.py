@@ -16,6 +16,9 @@ so that each test gets a chimneyd of its own, in a namespace of its own, on
                io mode bridging net_vhost to a TAP in the namespace
                (chimney.testing.VhostUserForwarder), so the Linux kernel is
                still the peer.
+
+memif is not among DEVICES: there the peer is not the kernel but
+`chimney-bench peer` (memif_target below, the test_memif_* tests).
 """
 
 import collections
@@ -117,3 +120,179 @@ class ChimneyStream:
         out = bytes(self.buf)
         self.buf.clear()
         return out
+
+
+# ---------------------------------------------------------------- memif
+#
+# chimneyd on a memif port, with `chimney-bench peer` as the other end: a
+# tcp::Engine of its own on the memif's server side, run by chimneyd's own
+# pieces (the worker's receive step, the slow path's ARP and listeners), with
+# a service on each listening port. It reports every connection it releases
+# as one JSON line (bytes and sha256 each way, how it ended, its graceful
+# disconnect's status and bytes_transferred): the peer's own counts are the
+# judge on that side, as the Linux side's are on the others.
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from chimney.testing import Namespace, dpdk_runtime_dir
+
+MEMIF_TARGET_IP = "198.18.0.2"
+MEMIF_PEER_IP = "198.18.0.1"
+MEMIF_TARGET_MAC = "02:00:c6:12:00:02"
+MEMIF_PEER_MAC = "02:00:c6:12:00:01"
+MEMIF_SERVICES = {"sink": 7001, "source": 7002, "echo": 7003}
+
+
+def bench_binary(chimneyd: str) -> Path:
+    """chimney-bench: $CHIMNEY_BENCH, else the one built beside chimneyd
+    (<build>/app/chimney-bench/chimney-bench, as conftest finds chimneyd)."""
+    env = os.environ.get("CHIMNEY_BENCH")
+    if env:
+        return Path(env)
+    return Path(chimneyd).resolve().parents[1] / "chimney-bench" / "chimney-bench"
+
+
+class MemifPeer:
+    """`chimney-bench peer` in a namespace of its own, the memif server on a
+    filesystem socket (socket-abstract=no: chimneyd, in another namespace,
+    reaches it by path). Started and stopped by PID; stopping removes its
+    EAL runtime directory if it could not."""
+
+    def __init__(self, bench: str, socket_path: str, out_path: str, source_bytes: int,
+                 ready_timeout: float = 60.0):
+        self.out_path = out_path
+        self.ns = Namespace()
+        self.exit = None
+        self.process = None
+        self.argv = [bench, "peer", "--cpu", "0", "--memory", "256", "--max-connections", "1024",
+                     "--socket", socket_path, "--memif-devargs", "socket-abstract=no",
+                     "--address", f"{MEMIF_PEER_IP}/24", "--mac", MEMIF_PEER_MAC,
+                     "--listen", f"{MEMIF_SERVICES['sink']}=sink",
+                     "--listen", f"{MEMIF_SERVICES['source']}=source,bytes={source_bytes}",
+                     "--listen", f"{MEMIF_SERVICES['echo']}=echo"]
+        self.ns.__enter__()
+        try:
+            with open(out_path, "wb") as out:
+                self.process = subprocess.Popen(self.ns.argv(self.argv), stdin=subprocess.DEVNULL,
+                                                stdout=out, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + ready_timeout
+            while not any(e.get("event") == "ready" for e in self.lines()):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"chimney-bench peer did not start: {self.text()[-3000:]}")
+                time.sleep(0.05)
+            self.ready = next(e for e in self.lines() if e.get("event") == "ready")
+        except BaseException:
+            self.stop()
+            raise
+
+    def text(self) -> str:
+        try:
+            return Path(self.out_path).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def lines(self):
+        out = []
+        for line in self.text().splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass  # a line still being written
+        return out
+
+    def report(self, service, timeout=60):
+        """The report of the next connection of `service` released after
+        those already taken (each is handed out once)."""
+        taken = self.__dict__.setdefault("_taken", set())
+        deadline = time.monotonic() + timeout
+        while True:
+            closed = [e for e in self.lines() if e.get("event") == "closed"]
+            for i, e in enumerate(closed):
+                if i not in taken and e["service"] == service:
+                    taken.add(i)
+                    return e
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {service} report within {timeout} s: {self.text()[-2000:]}")
+            time.sleep(0.05)
+
+    def stop(self, timeout=15):
+        """SIGTERM by PID; returns the peer's exit line (its counters)."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        if self.process is not None:
+            # The EAL prefix is cbench-<pid> (`ip netns exec` execs the bench in place).
+            shutil.rmtree(dpdk_runtime_dir(f"cbench-{self.process.pid}"), ignore_errors=True)
+        self.ns.delete()
+        if self.exit is None:
+            self.exit = next((e for e in self.lines() if e.get("event") == "exit"), None)
+        return self.exit
+
+
+class MemifSetup:
+    """What memif_target yields: `target` (chimney.testing.Target: chimneyd
+    and its control client), `peer` (MemifPeer), the addresses and ports."""
+
+    def __init__(self, target, peer):
+        self.target = target
+        self.peer = peer
+        self.peer_ip = MEMIF_PEER_IP
+        self.target_ip = MEMIF_TARGET_IP
+        self.ports = MEMIF_SERVICES
+
+
+class memif_target:
+    """Context manager: chimney-bench peer (memif server) first, then chimneyd
+    in its own namespace as the memif client of that socket:
+
+        --port kind=memif,role=client,path=<sock>,address=198.18.0.2/24,
+               devargs=socket-abstract=no,id=0,mac=02:00:c6:12:00:02
+
+    Everything goes at the end whatever happened: chimneyd, then the peer
+    (both by PID), their namespaces, runtime directories and the socket's
+    directory."""
+
+    def __init__(self, chimneyd, bench, tmp_path, source_bytes):
+        self.chimneyd, self.bench, self.tmp_path = chimneyd, bench, tmp_path
+        self.source_bytes = source_bytes
+        self.dir = None
+        self.peer = None
+        self.owner = None
+
+    def __enter__(self) -> MemifSetup:
+        try:
+            self.dir = tempfile.mkdtemp(prefix="chimney-memif-")
+            sock = os.path.join(self.dir, "memif.sock")
+            self.peer = MemifPeer(str(self.bench), sock, str(Path(self.tmp_path) / "peer.out"),
+                                  self.source_bytes)
+            spec = (f"kind=memif,role=client,path={sock},address={MEMIF_TARGET_IP}/24,"
+                    f"devargs=socket-abstract=no,id=0,mac={MEMIF_TARGET_MAC}")
+            self.owner = start_target(self.chimneyd, self.tmp_path, port_spec=spec,
+                                      configure_peer=False, peer_ip=MEMIF_PEER_IP,
+                                      target_ip=MEMIF_TARGET_IP)
+            t = self.owner.__enter__()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return MemifSetup(t, self.peer)
+
+    def __exit__(self, *exc):
+        if self.owner is not None:
+            self.owner.__exit__(None, None, None)
+        if self.peer is not None:
+            self.peer.stop()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return False

@@ -1,19 +1,23 @@
-"""The core scenarios on each kind of device chimneyd runs on here, with the
-Linux kernel as the peer every time:
+"""The core scenarios on each kind of device chimneyd runs on here:
 
   tap          chimneyd's own net_tap port; the kernel sees its TAP.
   virtio_user  chimneyd on a virtio-user port; its vhost-user backend is
                dpdk-testpmd in io mode bridging net_vhost to a TAP in the
                namespace (chimney.testing.VhostUserForwarder), where the
                kernel sees it.
+  memif        chimneyd as the memif client of `chimney-bench peer`, whose
+               own engine (with chimneyd's ARP and listener code) runs a
+               sink, a source and an echo (devices.memif_target).
 
-Each test runs once per device (the `target` fixture of devices.py), each
-run with its own namespace, chimneyd (and testpmd). The Linux side's own byte
-counts and hashes are the judge.
+The tap and virtio_user tests run once per device (the `target` fixture of
+devices.py) with the Linux kernel as the peer; the memif tests (test_memif_*)
+have the bench as the peer. Each run has its own namespace(s), chimneyd (and
+testpmd or the bench). The peer's own byte counts and hashes are the judge.
 """
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import time
@@ -22,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, LinuxPeer, send_stream
-from devices import DEVICES, InThread, skip_backlog_events, target_on
+from devices import DEVICES, InThread, bench_binary, memif_target, skip_backlog_events, target_on
 
 from chimney.client import ChimneyError
 
@@ -232,3 +236,132 @@ def test_linux_client_to_a_chimney_listener(target):
     assert got["sha256"] == sha(down)
     conn.terminate()
     t.release_listen(7100)
+
+
+# ---------------------------------------------------------------- memif
+#
+# chimneyd on a memif port with chimney-bench peer as the other end
+# (devices.memif_target): the bench's own engine, behind chimneyd's ARP and
+# listener code, runs a sink, a source and an echo. The peer's reports (bytes
+# and sha256 of what it received and sent, its disconnect's outcome) are the
+# judge on its side, the host's completions on ours.
+
+MEMIF_BYTES = 4 * MiB
+
+
+@pytest.fixture
+def bench(chimneyd):
+    path = bench_binary(chimneyd)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"chimney-bench not found at {path}: build it with scripts/build "
+                    f"(or point $CHIMNEY_BENCH at one)", pytrace=False)
+    return str(path)
+
+
+@pytest.fixture
+def memif(chimneyd, bench, tmp_path):
+    """chimney-bench peer (memif server, 198.18.0.1) and a chimneyd of this
+    test's own as its memif client (198.18.0.2); stopped by PID at the end."""
+    with memif_target(chimneyd, bench, tmp_path, source_bytes=MEMIF_BYTES) as m:
+        yield m
+
+
+def finish_memif(m, closed):
+    """Stops the peer and checks its counters: `closed` connections, every
+    one closed as the contract says (none aborted, refused or failed), none
+    left open."""
+    m.target.close_client()
+    ex = m.peer.stop()
+    assert ex is not None, m.peer.text()[-2000:]
+    assert ex["closed"] == closed and ex["failed"] == 0 and ex["refused"] == 0, ex
+    assert ex["open"] == 0, ex
+    return ex
+
+
+def test_memif_arp_and_a_closed_port(memif):
+    """ARP over memif both ways through the peer's copy of chimneyd's slow
+    path (RFC 826): chimney's request before its SYN is answered; the peer's
+    closed port answers the SYN with RST (RFC 9293 §3.10.7.1), so the CONNECT
+    completes REQUEST_ABORTED."""
+    t = memif.target.target
+    with pytest.raises(ChimneyError) as refused:
+        t.connect(memif.peer_ip, 7999)
+    assert refused.value.status == "NDIS_STATUS_REQUEST_ABORTED", refused.value
+    port = memif.target.port(0)
+    assert port["arp_requests"] >= 1, port
+    assert port["rx_errors"] == 0 and port["tx_errors"] == 0, port
+    ex = finish_memif(memif, 0)
+    assert ex["arp_replies"] >= 1 and ex["rst_sent"] >= 1, ex
+
+
+def test_memif_send_4MiB_to_the_sink_graceful_with_exact_bytes(memif):
+    """chimney -> peer: 4 MiB of the test stream, the last 12345 bytes riding
+    with the FIN. C-11/C-12: the graceful disconnect completes SUCCESS only
+    once the FIN and all data are ACKed, with bytes_transferred exactly its
+    data; the peer counted and hashed every byte once (C-6), then closed its
+    half: DISCONNECT (C-16)."""
+    t = memif.target.target
+    conn = t.connect(memif.peer_ip, memif.ports["sink"])
+    final = stream_peer.stream(12345, MEMIF_BYTES - 12345)
+    assert send_stream(conn, MEMIF_BYTES - len(final)) == MEMIF_BYTES - len(final)
+    d = conn.disconnect(graceful=True, data=final).wait(60)
+    assert d.status == "NDIS_STATUS_SUCCESS" and d.bytes_transferred == len(final), d
+    assert skip_backlog_events(t).kind == "DISCONNECT"
+    state = conn.terminate()
+    assert state["snd_una"] == state["snd_max"], state
+    got = memif.peer.report("sink")
+    assert got["end"] == "closed" and got["peer_fin"], got
+    assert got["received"] == MEMIF_BYTES and got["received_sha256"] == sha(MEMIF_BYTES), got
+    assert got["disconnect"] == "NDIS_STATUS_SUCCESS" and got["disconnect_bytes"] == 0, got
+    finish_memif(memif, 1)
+
+
+def test_memif_receive_4MiB_from_the_source(memif):
+    """peer -> chimney: the source sends 4 MiB of the test stream and its
+    FIN. C-9: the host's receives complete in order with every byte (sha256
+    on both sides); C-16: DISCONNECT after the last byte, receives posted
+    after it complete INVALID_STATE; C-12: our graceful disconnect SUCCESS
+    with bytes_transferred 0; the peer's own disconnect SUCCESS (its FIN
+    ACKed) with exactly its bytes ACKed."""
+    t = memif.target.target
+    conn = t.connect(memif.peer_ip, memif.ports["source"])
+    digest, posted = receive_exactly(conn, MEMIF_BYTES, window=4, chunk=256 * 1024)
+    assert digest == sha(MEMIF_BYTES)
+    assert skip_backlog_events(t).kind == "DISCONNECT"
+    for r in posted:
+        assert r.wait(10).status == "NDIS_STATUS_INVALID_STATE"
+    d = conn.disconnect(graceful=True).wait(30)
+    assert d.status == "NDIS_STATUS_SUCCESS" and d.bytes_transferred == 0, d
+    conn.terminate()
+    got = memif.peer.report("source")
+    assert got["end"] == "closed" and got["peer_fin"], got
+    assert got["sent"] == MEMIF_BYTES == got["sent_posted"], got
+    assert got["sent_sha256"] == sha(MEMIF_BYTES), got
+    assert got["disconnect"] == "NDIS_STATUS_SUCCESS" and got["disconnect_bytes"] == 0, got
+    finish_memif(memif, 1)
+
+
+def test_memif_echo_4MiB_both_ways_at_once(memif):
+    """Both ways on one connection at once: chimney sends 4 MiB to the echo
+    while it reads the echo back (C-5, C-6, C-9; sha256 on both sides). Then
+    C-11/C-12: our graceful disconnect SUCCESS with bytes_transferred 0 once
+    the FIN is ACKed; the echo closes after it: DISCONNECT (C-16), the
+    receives still posted complete INVALID_STATE."""
+    t = memif.target.target
+    conn = t.connect(memif.peer_ip, memif.ports["echo"])
+    sender = InThread(send_stream, conn, MEMIF_BYTES)
+    digest, posted = receive_exactly(conn, MEMIF_BYTES, window=4, chunk=256 * 1024)
+    assert digest == sha(MEMIF_BYTES)
+    assert sender.result() == MEMIF_BYTES
+    d = conn.disconnect(graceful=True).wait(30)
+    assert d.status == "NDIS_STATUS_SUCCESS" and d.bytes_transferred == 0, d
+    assert skip_backlog_events(t).kind == "DISCONNECT"
+    for r in posted:
+        assert r.wait(10).status == "NDIS_STATUS_INVALID_STATE"
+    conn.terminate()
+    got = memif.peer.report("echo")
+    assert got["end"] == "closed" and got["peer_fin"], got
+    assert got["received"] == got["sent"] == MEMIF_BYTES, got
+    assert got["received_sha256"] == got["sent_sha256"] == sha(MEMIF_BYTES), got
+    assert got["disconnect"] == "NDIS_STATUS_SUCCESS" and got["disconnect_bytes"] == 0, got
+    finish_memif(memif, 1)
