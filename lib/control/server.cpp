@@ -34,6 +34,7 @@ struct Server::Conn {
   Session* session = nullptr;
   uint32_t handle = 0;       // the session's name for it
   unsigned worker = 0;
+  bool placed = false;       // counted in worker_conns_ (its offload went to `worker`)
   uint16_t port = 0;
   ConnectionHandle engine;   // valid once offloaded
   bool offloaded = false;
@@ -86,7 +87,7 @@ Server::HostRequest* Server::request_of(NetBufferList* n) {
 }
 
 Server::Server(dataplane::Dataplane& dp, dataplane::SlowPath& slow)
-    : dp_(dp), slow_(slow), path_(dp.cfg.control_socket) {
+    : dp_(dp), slow_(slow), path_(dp.cfg.control_socket), worker_conns_(dp.placement.workers(), 0) {
   if (path_.empty()) return;
   namespace fs = std::filesystem;
   const fs::path dir = fs::path(path_).parent_path();
@@ -359,10 +360,19 @@ Server::Conn* Server::new_conn(Session& s, uint16_t port) {
   return raw;
 }
 
-unsigned Server::worker_for(const OffloadState&) const {
-  // One worker owns every connection of a single-queue device (TAP); with
-  // more workers RSS decides, and placing by the same hash is issue 6's.
-  return 0;
+unsigned Server::worker_for(const OffloadState& st) const {
+  // The worker whose RX queue hardware RSS sends the connection's frames to,
+  // and to which the other workers steer them (rss.hpp): one function for
+  // every offload, CONNECT, LISTEN and OFFLOAD alike.
+  return dp_.placement.owner(st.constant.local_ip, st.constant.remote_ip, st.constant.local_port,
+                             st.constant.remote_port);
+}
+
+unsigned Server::least_loaded_worker() const {
+  unsigned best = 0;
+  for (unsigned w = 1; w < worker_conns_.size(); ++w)
+    if (worker_conns_[w] < worker_conns_[best]) best = w;
+  return best;
 }
 
 bool Server::post(Conn& c, OffloadOp::Kind kind, NetBufferList* nbl, OffloadState* state, DisconnectKind dk) {
@@ -387,6 +397,8 @@ bool Server::post(Conn& c, OffloadOp::Kind kind, NetBufferList* nbl, OffloadStat
 void Server::start_offload(Conn& c, const OffloadState& state) {
   c.state = std::make_unique<OffloadState>(state);
   c.worker = worker_for(state);
+  c.placed = true;
+  ++worker_conns_[c.worker];
   if (!post(c, OffloadOp::Kind::offload, nullptr, c.state.get())) {
     Session& s = *c.session;
     reply(s, MsgType::offload_complete, c.offload_tag, OffloadComplete{Status::resources, 0});
@@ -408,6 +420,7 @@ void Server::abort_and_release(Conn& c) {
 void Server::release_conn(Conn& c) {
   Session& s = *c.session;
   ++counters_.connections_released;
+  if (c.placed) --worker_conns_[c.worker];
   s.conns.erase(c.handle);  // c is gone after this
 }
 
@@ -496,6 +509,9 @@ void Server::handle(Session& s, const Message& m, int fd) {
       req.remote_ip = net::Ipv4Addr{c.remote_ip};
       req.remote_port = c.remote_port;
       req.local_port = c.local_port;
+      // An ephemeral port that places the connection on the worker with the
+      // fewest (the hash alone spreads only on average).
+      req.worker = static_cast<int>(least_loaded_worker());
       req.cached = c.cached;
       const uint64_t session_id = s.id;
       const uint32_t handle = conn->handle;
@@ -641,6 +657,8 @@ void Server::handle(Session& s, const Message& m, int fd) {
               ", \"handshake_challenge_acks\": " + std::to_string(hc.challenge_acks) +
               ", \"handshake_challenge_acks_limited\": " + std::to_string(hc.challenge_acks_limited);
       json += ", \"op_records_free\": " + std::to_string(rte_mempool_avail_count(dp_.op_pool));
+      for (size_t w = 0; w < worker_conns_.size(); ++w)  // connections placed on each worker now
+        json += ", \"worker" + std::to_string(w) + "_connections\": " + std::to_string(worker_conns_[w]);
       for (size_t p = 0; p < dp_.ports.size(); ++p) {
         json += ", \"port" + std::to_string(p) + "_mbufs_free\": " + std::to_string(rte_mempool_avail_count(dp_.ports[p].pool));
         json += ", \"port" + std::to_string(p) + "_attach_mbufs_free\": " +

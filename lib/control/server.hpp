@@ -64,7 +64,9 @@ class Server final : public dataplane::MainService {
   void abort_and_release(Conn& c);
   void release_conn(Conn& c);
   void maybe_free_session(Session& s);
+  // The worker that owns the connection (dataplane::Placement, rss.hpp).
   unsigned worker_for(const OffloadState& st) const;
+  unsigned least_loaded_worker() const;
 
   dataplane::Dataplane& dp_;
   dataplane::SlowPath& slow_;
@@ -74,6 +76,7 @@ class Server final : public dataplane::MainService {
   uint64_t now_tsc_ = 0;
   std::vector<std::unique_ptr<Session>> sessions_;  // live and closing
   Counters counters_;
+  std::vector<uint32_t> worker_conns_;  // connections placed on each worker
 };
 
 }  // namespace chimney::control

@@ -23,6 +23,10 @@ struct alignas(RTE_CACHE_LINE_SIZE) Counters {
   Counter tx_packets;
   Counter tx_bytes;
   Counter to_slowpath;  // frames a worker handed to the slow path
+  // Software steering (steer.hpp): TCP frames this worker received that
+  // another worker owns, handed to it; and frames it took from others.
+  Counter steered_out;
+  Counter steered_in;
   // slow path (main lcore) replies and requests
   Counter arp_replies;
   Counter arp_requests;
@@ -50,6 +54,8 @@ struct CounterTotals {
   uint64_t tx_packets = 0;
   uint64_t tx_bytes = 0;
   uint64_t to_slowpath = 0;
+  uint64_t steered_out = 0;
+  uint64_t steered_in = 0;
   uint64_t arp_replies = 0;
   uint64_t arp_requests = 0;
   uint64_t icmp_echo_replies = 0;
@@ -75,6 +81,8 @@ struct CounterTotals {
     tx_packets += c.tx_packets.get();
     tx_bytes += c.tx_bytes.get();
     to_slowpath += c.to_slowpath.get();
+    steered_out += c.steered_out.get();
+    steered_in += c.steered_in.get();
     arp_replies += c.arp_replies.get();
     arp_requests += c.arp_requests.get();
     icmp_echo_replies += c.icmp_echo_replies.get();

@@ -100,15 +100,26 @@ Status SlowPath::connect(const ConnectRequest& req, ConnectDone done) {
   hs->remote_port = req.remote_port;
   hs->local_port = req.local_port;
   if (hs->local_port == 0) {
-    // An ephemeral port (RFC 6335) in no handshake with this peer and no listener's.
-    for (int i = 0; i < 16384; ++i) {
+    // An ephemeral port (RFC 6335) in no handshake with this peer and no
+    // listener's; with a worker asked for, one whose 4-tuple that worker
+    // owns (rss.hpp: 1 in `workers` ports is), else the first free one.
+    const unsigned workers = dp_.placement.workers();
+    const bool placed = req.worker >= 0 && workers > 1;
+    const uint32_t local = dp_.ports[req.port].config.address.addr.value;
+    uint16_t first_free = 0;
+    for (unsigned i = 0; i < 16384 && (first_free == 0 || i < 64 * workers); ++i) {
       const uint16_t candidate = next_ephemeral_;
       next_ephemeral_ = next_ephemeral_ == 65535 ? 49152 : static_cast<uint16_t>(next_ephemeral_ + 1);
-      if (!handshakes_.count(tuple_key(req.remote_ip, req.remote_port, candidate)) && !listeners_.count(candidate)) {
+      if (handshakes_.count(tuple_key(req.remote_ip, req.remote_port, candidate)) || listeners_.count(candidate))
+        continue;
+      if (!placed || dp_.placement.owner(local, req.remote_ip.value, candidate, req.remote_port) ==
+                         static_cast<unsigned>(req.worker)) {
         hs->local_port = candidate;
         break;
       }
+      if (first_free == 0) first_free = candidate;
     }
+    if (hs->local_port == 0) hs->local_port = first_free;
   }
   const uint64_t key = tuple_key(req.remote_ip, req.remote_port, hs->local_port);
   // An entry of an earlier handshake of this 4-tuple that the engine has

@@ -5,18 +5,12 @@
 #include <rte_cycles.h>
 #include <rte_ethdev.h>
 
+#include "dataplane/rss.hpp"
 #include "net/addr.hpp"
 
 namespace chimney::dataplane {
 
 namespace {
-
-// A symmetric Toeplitz key (the 0x6d5a pattern): both directions of a flow
-// hash to the same queue, so one worker owns a connection.
-uint8_t kSymmetricRssKey[40] = {
-    0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a,
-    0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a,
-    0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a, 0x6d, 0x5a};
 
 [[noreturn]] void fail(const std::string& device, const std::string& what, int rc) {
   throw std::runtime_error("port " + device + ": " + what + ": " + rte_strerror(-rc));
@@ -69,9 +63,12 @@ Port open_port(size_t index, const std::string& device, const PortConfig& pc, co
     conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
     conf.rx_adv_conf.rss_conf.rss_hf = (RTE_ETH_RSS_IPV4 | RTE_ETH_RSS_NONFRAG_IPV4_TCP) &
                                        info.flow_type_rss_offloads;
-    if (info.hash_key_size == sizeof(kSymmetricRssKey)) {
-      conf.rx_adv_conf.rss_conf.rss_key = kSymmetricRssKey;
-      conf.rx_adv_conf.rss_conf.rss_key_len = sizeof(kSymmetricRssKey);
+    if (info.rx_offload_capa & RTE_ETH_RX_OFFLOAD_RSS_HASH) conf.rxmode.offloads |= RTE_ETH_RX_OFFLOAD_RSS_HASH;
+    // Our key where the device takes one of its size (rss.hpp: symmetric,
+    // and the one the workers and the control plane hash with).
+    if (info.hash_key_size == kRssKeySize) {
+      conf.rx_adv_conf.rss_conf.rss_key = const_cast<uint8_t*>(kSymmetricRssKey);
+      conf.rx_adv_conf.rss_conf.rss_key_len = kRssKeySize;
     }
   }
 
@@ -118,6 +115,9 @@ Port open_port(size_t index, const std::string& device, const PortConfig& pc, co
 
   if (int rc = rte_eth_dev_start(port.id); rc != 0) fail(device, "start", rc);
   port.started = true;
+  // Hardware RSS sends each connection to its owner's queue where the
+  // device lets us program its RETA; software steering covers the rest.
+  port.rss = program_rss(port.id, Placement(workers), conf.rxmode.mq_mode == RTE_ETH_MQ_RX_RSS);
   // Only frames for our MAC and broadcast; the device may not support changing it.
   rte_eth_promiscuous_disable(port.id);
   return port;

@@ -12,6 +12,7 @@
 
 #include "dataplane/config.hpp"
 #include "dataplane/counters.hpp"
+#include "dataplane/rss.hpp"
 #include "net/build.hpp"
 #include "net/impair.hpp"
 
@@ -26,6 +27,7 @@ struct Port {
   net::TxChecksumCaps tx_caps;
   bool rx_checksum = false;  // the port verifies IPv4/TCP checksums on receive
   bool tso = false;          // the port segments TCP (RTE_ETH_TX_OFFLOAD_TCP_TSO)
+  RssState rss;              // hardware RSS as programmed (rss.hpp)
   rte_mempool* pool = nullptr;
   bool started = false;
 };

@@ -58,11 +58,18 @@ void install_signals() {
   sigaction(SIGUSR1, &sa, nullptr);
 }
 
-}  // namespace
+// Frames one worker can have waiting for another (software steering): a
+// few RX bursts' worth.
+constexpr unsigned kSteerRing = 1024;
 
-void build_dataplane(Dataplane& dp) {
-  if (dp.worker_lcores.empty()) throw std::runtime_error("build_dataplane: no worker");
+void build_dataplane(Dataplane& dp, const EalPlan&) {
+  unsigned lcore;
+  RTE_LCORE_FOREACH_WORKER(lcore) dp.worker_lcores.push_back(lcore);
+  if (dp.worker_lcores.empty())
+    throw std::runtime_error("no worker lcore: give the EAL at least two lcores (main + worker), "
+                             "e.g. -l 0-1");
   const unsigned workers = static_cast<unsigned>(dp.worker_lcores.size());
+  dp.placement = Placement(workers);
 
   for (size_t i = 0; i < dp.cfg.ports.size(); ++i) {
     const std::string device = port_device_name(dp.cfg.ports[i], i);
@@ -75,6 +82,9 @@ void build_dataplane(Dataplane& dp) {
                  port.config.address.str(), port.config.mtu, workers, workers,
                  port.rx_checksum ? "hw" : "sw", port.tx_caps.ipv4 ? "hw" : "sw",
                  port.tx_caps.tcp ? "hw" : "sw", port.tso ? "yes" : "no");
+    if (workers > 1)
+      spdlog::info("port {}: {} workers; placement: {} (RETA size {})", i, workers, port.rss.note,
+                   port.rss.reta_size);
   }
   dp.counters = std::make_unique<Counters[]>(dp.slots() * dp.ports.size());
   auto make_ring = [&](const std::string& name) {
@@ -89,6 +99,19 @@ void build_dataplane(Dataplane& dp) {
     dp.from_slowpath.push_back(make_ring("from_slow_w" + std::to_string(w)));
     dp.ops.push_back(make_ring("ops_w" + std::to_string(w)));
     dp.notes.push_back(make_ring("notes_w" + std::to_string(w)));
+  }
+  if (workers > 1) {
+    // Software steering (steer.hpp): a ring per ordered pair of workers.
+    dp.steer.assign(size_t{workers} * workers, nullptr);
+    for (unsigned from = 0; from < workers; ++from)
+      for (unsigned to = 0; to < workers; ++to) {
+        if (from == to) continue;
+        const std::string name = "steer_" + std::to_string(from) + "_" + std::to_string(to);
+        rte_ring* r = rte_ring_create(name.c_str(), kSteerRing, rte_socket_id(), RING_F_SP_ENQ | RING_F_SC_DEQ);
+        if (r == nullptr)
+          throw std::runtime_error("cannot create ring " + name + ": " + rte_strerror(rte_errno));
+        dp.steer[size_t{from} * workers + to] = r;
+      }
   }
   const size_t record = sizeof(OffloadOp) > sizeof(OffloadNote) ? sizeof(OffloadOp) : sizeof(OffloadNote);
   dp.op_pool = rte_mempool_create("offload_ops", 4 * dp.cfg.slowpath_ring * workers - 1,
@@ -108,7 +131,7 @@ void build_dataplane(Dataplane& dp) {
   }
 }
 
-void teardown_dataplane(Dataplane& dp) {
+void teardown(Dataplane& dp) {
   for (Port& port : dp.ports) {
     close_port(port);
     spdlog::info("port {} {} stopped and closed", port.index, port.device);
@@ -125,8 +148,9 @@ void teardown_dataplane(Dataplane& dp) {
     }
     rings->clear();
   }
-  for (auto* rings : {&dp.to_slowpath, &dp.from_slowpath}) {
+  for (auto* rings : {&dp.to_slowpath, &dp.from_slowpath, &dp.steer}) {
     for (rte_ring* r : *rings) {
+      if (r == nullptr) continue;
       void* m = nullptr;
       while (rte_ring_dequeue(r, &m) == 0) rte_pktmbuf_free(static_cast<rte_mbuf*>(m));
       rte_ring_free(r);
@@ -134,6 +158,8 @@ void teardown_dataplane(Dataplane& dp) {
     rings->clear();
   }
 }
+
+}  // namespace
 
 void route_dpdk_log_to_spdlog() {
   cookie_io_functions_t io{};
@@ -173,15 +199,10 @@ int run_target(const Config& cfg, const EalPlan& plan, const ServiceFactory& mak
   }
   int rc = 0;
   try {
-    unsigned lcore;
-    RTE_LCORE_FOREACH_WORKER(lcore) dp->worker_lcores.push_back(lcore);
-    if (dp->worker_lcores.empty())
-      throw std::runtime_error("no worker lcore: give the EAL at least two lcores (main + worker), "
-                               "e.g. -l 0-1");
-    build_dataplane(*dp);
+    build_dataplane(*dp, plan);
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
-    teardown_dataplane(*dp);
+    teardown(*dp);
     rte_eal_cleanup();
     return 1;
   }
@@ -233,7 +254,7 @@ int run_target(const Config& cfg, const EalPlan& plan, const ServiceFactory& mak
   service.reset();  // after the workers: no engine touches host memory any more
   }
   log_counters(*dp);
-  teardown_dataplane(*dp);
+  teardown(*dp);
   if (rte_eal_cleanup() != 0) rc = 1;
   spdlog::info("stopped");
   return rc;

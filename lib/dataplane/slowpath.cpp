@@ -150,8 +150,21 @@ void SlowPath::transmit(size_t p, rte_mbuf* m) {
   auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
   eth->src_addr = dp_.ports[p].mac;
   m->port = dp_.ports[p].id;
-  // Worker 0 transmits for the slow path (its TX queue on every port).
-  if (rte_ring_sp_enqueue(dp_.from_slowpath[0], m) != 0) {
+  // A worker transmits for the slow path: a TCP segment (handshake, RST)
+  // through the worker that owns its connection (rss.hpp), so that it
+  // leaves in order with what that worker's engine sends and, on a TAP,
+  // the kernel's queue choice for the flow follows its owner; the rest
+  // (ARP, ICMP) through worker 0.
+  unsigned worker = 0;
+  if (dp_.placement.workers() > 1 && eth->ether_type == rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4)) {
+    const auto* ip = rte_pktmbuf_mtod_offset(m, const rte_ipv4_hdr*, sizeof(rte_ether_hdr));
+    if (ip->next_proto_id == IPPROTO_TCP) {
+      const auto* th = rte_pktmbuf_mtod_offset(m, const rte_tcp_hdr*, sizeof(rte_ether_hdr) + rte_ipv4_hdr_len(ip));
+      worker = dp_.placement.owner(rte_be_to_cpu_32(ip->src_addr), rte_be_to_cpu_32(ip->dst_addr),
+                                   rte_be_to_cpu_16(th->src_port), rte_be_to_cpu_16(th->dst_port));
+    }
+  }
+  if (rte_ring_sp_enqueue(dp_.from_slowpath[worker], m) != 0) {
     counters(p).drop(DropReason::tx_full);
     rte_pktmbuf_free(m);
   }

@@ -35,6 +35,9 @@ class SlowPath {
     net::Ipv4Addr remote_ip;
     uint16_t remote_port = 0;
     uint16_t local_port = 0;  // 0: an ephemeral port
+    // With local_port 0 and several workers: an ephemeral port whose
+    // connection this worker owns (rss.hpp), if one is free; -1: any.
+    int worker = -1;
     CachedState cached;
   };
   Status connect(const ConnectRequest& req, ConnectDone done);

@@ -39,6 +39,8 @@ void add_totals(rte_tel_data* d, const CounterTotals& t) {
   rte_tel_data_add_dict_u64(d, "tx_packets", t.tx_packets);
   rte_tel_data_add_dict_u64(d, "tx_bytes", t.tx_bytes);
   rte_tel_data_add_dict_u64(d, "to_slowpath", t.to_slowpath);
+  rte_tel_data_add_dict_u64(d, "steered_out", t.steered_out);
+  rte_tel_data_add_dict_u64(d, "steered_in", t.steered_in);
   rte_tel_data_add_dict_u64(d, "arp_replies", t.arp_replies);
   rte_tel_data_add_dict_u64(d, "arp_requests", t.arp_requests);
   rte_tel_data_add_dict_u64(d, "icmp_echo_replies", t.icmp_echo_replies);
@@ -131,6 +133,17 @@ int cmd_lcore(const char*, const char* params, rte_tel_data* d) {
     rte_tel_data_start_dict(d);
     rte_tel_data_add_dict_string(d, "role", s == 0 ? "main (slow path)" : "worker");
     add_totals(d, g_dp->slot_totals(s));
+    if (s != 0) {  // this worker's engines (all ports): which connections it owns
+      rte_tel_data_add_dict_int(d, "worker", static_cast<int>(s - 1));
+      rte_tel_data* e = rte_tel_data_alloc();
+      rte_tel_data_start_dict(e);
+      for (size_t i = 0; i < tcp::EngineStats::kCount; ++i) {
+        uint64_t sum = 0;
+        for (size_t p = 0; p < g_dp->ports.size(); ++p) sum += g_dp->at(s, p).engine[i].get();
+        rte_tel_data_add_dict_u64(e, tcp::EngineStats::kNames[i], sum);
+      }
+      rte_tel_data_add_dict_container(d, "engine", e, 0);
+    }
     return 0;
   }
   return -EINVAL;
@@ -172,7 +185,7 @@ void register_telemetry() {
   rte_telemetry_register_cmd("/chimney/lcores", cmd_lcores,
                              "Lists the lcores (main first). Takes no parameters");
   rte_telemetry_register_cmd("/chimney/lcore", cmd_lcore,
-                             "Counters of one lcore. Parameters: int lcore id");
+                             "Counters of one lcore (a worker's with its engines' counters). Parameters: int lcore id");
   rte_telemetry_register_cmd("/chimney/drops", cmd_drops,
                              "Dropped frames by reason, all lcores. Takes no parameters");
 }
@@ -201,9 +214,10 @@ void log_counters(const Dataplane& dp) {
   }
   for (size_t s = 0; s < dp.slots(); ++s) {
     CounterTotals t = dp.slot_totals(s);
-    spdlog::info("lcore {} ({}): rx {} pkts {} bytes, tx {} pkts {} bytes, to slow path {}; drops:{}",
+    spdlog::info("lcore {} ({}): rx {} pkts {} bytes, tx {} pkts {} bytes, to slow path {}, steered out {} "
+                 "in {}; drops:{}",
                  slot_lcore(dp, s), s == 0 ? "main" : "worker", t.rx_packets, t.rx_bytes,
-                 t.tx_packets, t.tx_bytes, t.to_slowpath, drops_line(t));
+                 t.tx_packets, t.tx_bytes, t.to_slowpath, t.steered_out, t.steered_in, drops_line(t));
   }
 }
 

@@ -33,6 +33,7 @@ namespace chimney::net {
   X(tcp_bad_option)        /* zero, truncated or overlong option length */   \
   X(tcp_rst_no_connection) /* RST for no connection: never answered */       \
   X(slowpath_ring_full)    /* worker could not hand the frame to the slow path */\
+  X(steer_ring_full)       /* worker could not hand the frame to its owner worker */\
   X(neighbour_unresolved)  /* no ARP answer in time, or the pending queue was full */\
   X(tx_full)               /* the TX queue refused the packet */            \
   X(no_mbuf)               /* the mempool was empty */
