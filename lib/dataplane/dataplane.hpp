@@ -20,6 +20,8 @@
 
 namespace chimney::dataplane {
 
+class Steering;
+
 struct Dataplane {
   Config cfg;
   std::vector<Port> ports;
@@ -54,6 +56,44 @@ struct Dataplane {
 // ARP for other addresses goes on to the slow path, which merges the sender
 // (RFC 826) before it drops the frame.
 net::Classified accept_frame(const Port& port, rte_mbuf* m);
+
+// The engine's segments go out through a TX queue (a worker's, of its port).
+class PortSink : public tcp::TxSink {
+ public:
+  explicit PortSink(TxQueue& q) : q_(q) {}
+  void transmit(rte_mbuf** pkts, uint16_t n) override {
+    for (uint16_t i = 0; i < n; ++i) q_.push(pkts[i]);
+  }
+
+ private:
+  TxQueue& q_;
+};
+
+// What one receive step on a port found (receive_burst).
+struct RxStep {
+  uint16_t received = 0;     // frames taken from the RX queue
+  uint16_t to_slowpath = 0;  // frames placed in `slow` for the slow path
+};
+
+// A worker's receive step on one port: an RX burst of up to `burst` frames
+// on `queue`, through the impairment stage when there is one, each frame
+// classified and checked (accept_frame; drops counted in `c` and freed),
+// the TCP segments handed to `engine` in one input() burst. ARP, ICMP and
+// segments of no connection are placed in `slow`. `rx`, `tcp` and `slow`
+// hold at least `burst` frames each. With `steer` (several workers), TCP
+// segments another worker owns go to it instead (Steering::keep, flush).
+// No allocation, lock or system call.
+RxStep receive_burst(const Port& port, uint16_t queue, uint16_t burst, tcp::Engine& engine, uint64_t now_us,
+                     Counters& c, net::Impairment* impair, rte_mbuf** rx, rte_mbuf** tcp, rte_mbuf** slow,
+                     Steering* steer = nullptr);
+// Queues `n` frames on a worker's to-slow-path ring; what the ring refuses
+// is dropped and counted (slowpath_ring_full).
+void queue_to_slowpath(rte_ring* ring, rte_mbuf** frames, unsigned n, Counters& c);
+// Moves up to `max` frames the slow path built (a worker's from-slow-path
+// ring) into the TX queues of their ports (`tx` indexed like dp.ports);
+// `scratch` holds `max` frames. Returns how many were moved.
+unsigned take_from_slowpath(const Dataplane& dp, rte_ring* ring, std::vector<TxQueue>& tx, rte_mbuf** scratch,
+                            unsigned max);
 
 struct WorkerContext {
   Dataplane* dp;

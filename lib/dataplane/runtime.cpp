@@ -62,12 +62,10 @@ void install_signals() {
 // few RX bursts' worth.
 constexpr unsigned kSteerRing = 1024;
 
-void build_dataplane(Dataplane& dp, const EalPlan&) {
-  unsigned lcore;
-  RTE_LCORE_FOREACH_WORKER(lcore) dp.worker_lcores.push_back(lcore);
-  if (dp.worker_lcores.empty())
-    throw std::runtime_error("no worker lcore: give the EAL at least two lcores (main + worker), "
-                             "e.g. -l 0-1");
+}  // namespace
+
+void build_dataplane(Dataplane& dp) {
+  if (dp.worker_lcores.empty()) throw std::runtime_error("build_dataplane: no worker");
   const unsigned workers = static_cast<unsigned>(dp.worker_lcores.size());
   dp.placement = Placement(workers);
 
@@ -131,7 +129,7 @@ void build_dataplane(Dataplane& dp, const EalPlan&) {
   }
 }
 
-void teardown(Dataplane& dp) {
+void teardown_dataplane(Dataplane& dp) {
   for (Port& port : dp.ports) {
     close_port(port);
     spdlog::info("port {} {} stopped and closed", port.index, port.device);
@@ -158,8 +156,6 @@ void teardown(Dataplane& dp) {
     rings->clear();
   }
 }
-
-}  // namespace
 
 void route_dpdk_log_to_spdlog() {
   cookie_io_functions_t io{};
@@ -199,10 +195,15 @@ int run_target(const Config& cfg, const EalPlan& plan, const ServiceFactory& mak
   }
   int rc = 0;
   try {
-    build_dataplane(*dp, plan);
+    unsigned lcore;
+    RTE_LCORE_FOREACH_WORKER(lcore) dp->worker_lcores.push_back(lcore);
+    if (dp->worker_lcores.empty())
+      throw std::runtime_error("no worker lcore: give the EAL at least two lcores (main + worker), "
+                               "e.g. -l 0-1");
+    build_dataplane(*dp);
   } catch (const std::exception& e) {
     spdlog::error("{}", e.what());
-    teardown(*dp);
+    teardown_dataplane(*dp);
     rte_eal_cleanup();
     return 1;
   }
@@ -254,7 +255,7 @@ int run_target(const Config& cfg, const EalPlan& plan, const ServiceFactory& mak
   service.reset();  // after the workers: no engine touches host memory any more
   }
   log_counters(*dp);
-  teardown(*dp);
+  teardown_dataplane(*dp);
   if (rte_eal_cleanup() != 0) rc = 1;
   spdlog::info("stopped");
   return rc;

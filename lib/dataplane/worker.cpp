@@ -77,19 +77,57 @@ void* alloc_op_record(Dataplane& dp) {
 
 void free_op_record(Dataplane& dp, void* record) { rte_mempool_put(dp.op_pool, record); }
 
-namespace {
-
-// The engine's segments go out on the worker's TX queue of its port.
-class PortSink : public tcp::TxSink {
- public:
-  explicit PortSink(TxQueue& q) : q_(q) {}
-  void transmit(rte_mbuf** pkts, uint16_t n) override {
-    for (uint16_t i = 0; i < n; ++i) q_.push(pkts[i]);
+RxStep receive_burst(const Port& port, uint16_t queue, uint16_t burst, tcp::Engine& engine, uint64_t now_us,
+                     Counters& c, net::Impairment* impair, rte_mbuf** rx, rte_mbuf** tcp, rte_mbuf** slow,
+                     Steering* steer) {
+  RxStep step;
+  uint16_t n = rte_eth_rx_burst(port.id, queue, rx, burst);
+  if (impair != nullptr) n = impair->pass(rx, n, now_us, rx, burst);
+  if (n == 0) return step;
+  step.received = n;
+  uint64_t bytes = 0;
+  uint16_t n_tcp = 0;
+  uint16_t n_slow = 0;
+  for (uint16_t i = 0; i < n; ++i) {
+    rte_mbuf* m = rx[i];
+    bytes += rte_pktmbuf_pkt_len(m);
+    const net::Classified k = accept_frame(port, m);
+    if (k.kind == FrameKind::drop) {
+      c.drop(k.reason);
+      rte_pktmbuf_free(m);
+    } else if (k.kind == FrameKind::tcp) {
+      if (steer == nullptr || steer->keep(port, m)) tcp[n_tcp++] = m;  // else its owner's
+    } else {
+      slow[n_slow++] = m;  // ARP and ICMP belong to the slow path
+    }
   }
+  c.rx_packets.add(n);
+  c.rx_bytes.add(bytes);
+  if (steer != nullptr) steer->flush(c);
+  // Offloaded connections' segments stay here; the rest (handshakes,
+  // closed ports) go to the slow path.
+  if (n_tcp != 0) n_slow = static_cast<uint16_t>(n_slow + engine.input(tcp, n_tcp, now_us, slow + n_slow));
+  step.to_slowpath = n_slow;
+  return step;
+}
 
- private:
-  TxQueue& q_;
-};
+void queue_to_slowpath(rte_ring* ring, rte_mbuf** frames, unsigned n, Counters& c) {
+  const unsigned queued = rte_ring_sp_enqueue_burst(ring, reinterpret_cast<void**>(frames), n, nullptr);
+  c.to_slowpath.add(queued);
+  for (unsigned i = queued; i < n; ++i) {
+    c.drop(DropReason::slowpath_ring_full);
+    rte_pktmbuf_free(frames[i]);
+  }
+}
+
+unsigned take_from_slowpath(const Dataplane& dp, rte_ring* ring, std::vector<TxQueue>& tx, rte_mbuf** scratch,
+                            unsigned max) {
+  const unsigned n = rte_ring_sc_dequeue_burst(ring, reinterpret_cast<void**>(scratch), max, nullptr);
+  for (unsigned i = 0; i < n; ++i) tx[dp.port_index[scratch[i]->port]].push(scratch[i]);
+  return n;
+}
+
+namespace {
 
 // The host as a worker sees it: every callback becomes an OffloadNote for
 // the main lcore. Data with no posted receive is never taken here (the host
@@ -262,52 +300,16 @@ int worker_main(void* arg) {
     work += n_ops;
     if (steer) work += steer->receive(now_us, ring);  // what other workers received for us
     for (size_t p = 0; p < dp.ports.size(); ++p) {
-      const Port& port = dp.ports[p];
       Counters& c = dp.at(ctx.slot, p);
-      uint16_t n = rte_eth_rx_burst(port.id, queue, rx.data(), burst);
-      if (rx_impair[p]) n = rx_impair[p]->pass(rx.data(), n, now_us, rx.data(), burst);
-      unsigned n_slow = 0;
-      if (n != 0) {
-        work += n;
-        uint64_t bytes = 0;
-        uint16_t n_tcp = 0;
-        for (uint16_t i = 0; i < n; ++i) {
-          rte_mbuf* m = rx[i];
-          bytes += rte_pktmbuf_pkt_len(m);
-          const net::Classified k = accept_frame(port, m);
-          if (k.kind == FrameKind::drop) {
-            c.drop(k.reason);
-            rte_pktmbuf_free(m);
-          } else if (k.kind == FrameKind::tcp) {
-            if (!steer || steer->keep(port, m)) tcp[n_tcp++] = m;  // else its owner's
-          } else {
-            slow[n_slow++] = m;  // ARP and ICMP belong to the slow path
-          }
-        }
-        c.rx_packets.add(n);
-        c.rx_bytes.add(bytes);
-        if (steer) steer->flush(c);
-        // Offloaded connections' segments stay here; the rest (handshakes,
-        // closed ports) go to the slow path.
-        if (n_tcp != 0) n_slow += engines[p]->input(tcp.data(), n_tcp, now_us, slow.data() + n_slow);
-      }
+      const RxStep step = receive_burst(dp.ports[p], queue, burst, *engines[p], now_us, c, rx_impair[p].get(),
+                                        rx.data(), tcp.data(), slow.data(), steer.get());
+      work += step.received;
       engines[p]->poll(now_us);
-      if (n_slow != 0) {
-        const unsigned queued = rte_ring_sp_enqueue_burst(ring, reinterpret_cast<void**>(slow.data()),
-                                                          n_slow, nullptr);
-        c.to_slowpath.add(queued);
-        for (unsigned i = queued; i < n_slow; ++i) {
-          c.drop(DropReason::slowpath_ring_full);
-          rte_pktmbuf_free(slow[i]);
-        }
-      }
+      if (step.to_slowpath != 0) queue_to_slowpath(ring, slow.data(), step.to_slowpath, c);
       hosts[p]->retry();
     }
     // Frames the slow path built go out on this worker's TX queues.
-    const unsigned n_out = rte_ring_sc_dequeue_burst(from_slow, reinterpret_cast<void**>(slow.data()),
-                                                     burst, nullptr);
-    for (unsigned i = 0; i < n_out; ++i) tx[dp.port_index[slow[i]->port]].push(slow[i]);
-    work += n_out;
+    work += take_from_slowpath(dp, from_slow, tx, slow.data(), burst);
     for (auto& q : tx) q.flush();
     if (now_us >= next_publish_us) {  // engine counters for telemetry
       next_publish_us = now_us + 10'000;
