@@ -376,7 +376,7 @@ int main(int argc, char** argv) {
     remote.rr_connections = parse_list(remote_rr_list);
   }
   o.remote = command == "remote" || (command == "smoke" && !remote.chimneyd.empty());
-  if (o.remote && remote.peer.socket.empty()) remote.peer.socket = "/tmp/cbench-" + std::to_string(getpid()) + "-memif.sock";
+  if (o.remote && remote.peer.socket.empty()) remote.peer.socket = "/tmp/cbench-" + std::to_string(getpid()) + "-peer.sock";
   if (command == "remote") {
     // The references of the remote figures, measured in this run: the same
     // workloads in-process and over Linux veth, with the same connection counts.

@@ -33,6 +33,8 @@
 
 #include <rte_cycles.h>
 #include <rte_eal.h>
+#include <rte_ether.h>
+#include <rte_ip.h>
 #include <rte_lcore.h>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -568,6 +570,33 @@ struct PeerEndpoint::Impl : public HostCallbacks {
     free_conns.push_back(static_cast<uint32_t>(&c - conns.data()));
   }
 
+  // Hands the frames in slow_frames to the slow path, one at a time. The
+  // slow path drops a segment that arrives while the engine takes over a
+  // connection it has just handed over (chimneyd's does too: the sender
+  // retransmits, after the initial RTO of 1 s this early). Here both run
+  // in this thread, so once a handshake completes, the rest of the burst
+  // (the data right behind its last ACK) goes to the engine again.
+  void to_slow_path(uint16_t n, uint64_t tsc, uint64_t now_us, dpl::Counters& wc) {
+    rte_mbuf** frames = slow_frames.data();
+    uint16_t i = 0;
+    while (i < n) {
+      const uint64_t before = accepted;
+      dpl::queue_to_slowpath(dp.to_slowpath[0], frames + i, 1, wc);
+      ++i;
+      slow->poll(tsc);
+      if (accepted == before || i == n) continue;
+      uint16_t keep = i, n_tcp = 0;
+      for (uint16_t j = i; j < n; ++j) (is_tcp(frames[j]) ? tcp_frames[n_tcp++] : frames[keep++]) = frames[j];
+      if (n_tcp != 0) keep = static_cast<uint16_t>(keep + engine->input(tcp_frames.data(), n_tcp, now_us, frames + keep));
+      n = keep;
+    }
+  }
+  static bool is_tcp(const rte_mbuf* m) {
+    const auto* eth = rte_pktmbuf_mtod(m, const rte_ether_hdr*);
+    if (eth->ether_type != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4)) return false;
+    return rte_pktmbuf_mtod_offset(m, const rte_ipv4_hdr*, m->l2_len)->next_proto_id == IPPROTO_TCP;
+  }
+
   void run(const std::atomic<bool>& stop) {
     const uint64_t hz = rte_get_tsc_hz();
     const uint64_t cycles_per_us = hz / 1'000'000 == 0 ? 1 : hz / 1'000'000;
@@ -585,8 +614,8 @@ struct PeerEndpoint::Impl : public HostCallbacks {
       unsigned work = step.received + react();
       engine->poll(now_us);
       work += react();
-      if (step.to_slowpath != 0) dpl::queue_to_slowpath(dp.to_slowpath[0], slow_frames.data(), step.to_slowpath, wc);
       // chimneyd's main lcore: the slow path (ARP, handshakes, RST).
+      if (step.to_slowpath != 0) to_slow_path(step.to_slowpath, tsc, now_us, wc);
       work += slow->poll(tsc);
       if (tsc >= next_tick) {
         slow->tick(tsc);
