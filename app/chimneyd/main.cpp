@@ -45,7 +45,8 @@ int main(int argc, char** argv) {
   spdlog::flush_on(spdlog::level::trace);
   route_dpdk_log_to_spdlog();
 
-  const EalPlan plan = plan_eal(argv[0], eal_args, cfg, detect_hugepages(), static_cast<int>(getpid()));
+  const EalPlan plan =
+      plan_eal(argv[0], eal_args, cfg, detect_hugepages(), static_cast<int>(getpid()), usable_cpus());
   return run_target(cfg, plan, [](Dataplane& dp, SlowPath& slow) -> std::unique_ptr<MainService> {
     return std::make_unique<chimney::control::Server>(dp, slow);
   });

@@ -1,5 +1,8 @@
 #include "dataplane/eal.hpp"
 
+#include <sched.h>
+
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -54,8 +57,18 @@ std::string port_device_name(const PortConfig& port, size_t index) {
   return {};
 }
 
+std::vector<unsigned> usable_cpus() {
+  std::vector<unsigned> cpus;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return cpus;
+  for (unsigned c = 0; c < CPU_SETSIZE; ++c)
+    if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  return cpus;
+}
+
 EalPlan plan_eal(const std::string& argv0, const std::vector<std::string>& user,
-                 const Config& cfg, const HugepageInfo& huge, int pid) {
+                 const Config& cfg, const HugepageInfo& huge, int pid, const std::vector<unsigned>& cpus) {
   EalPlan plan;
   std::vector<std::string> given = cfg.eal_args;
   given.insert(given.end(), user.begin(), user.end());
@@ -63,8 +76,20 @@ EalPlan plan_eal(const std::string& argv0, const std::vector<std::string>& user,
   plan.args.push_back(argv0);
   plan.args.insert(plan.args.end(), given.begin(), given.end());
 
-  if (!has_any(given, {"-l", "-c", "--lcores"}))
-    plan.args.push_back("-l0-" + std::to_string(cfg.workers));
+  if (!has_any(given, {"-l", "-c", "--lcores"})) {
+    // -l0-N when CPUs 0..N are ours (or nothing is known)
+    bool fits = true;
+    for (unsigned l = 0; l <= cfg.workers && !cpus.empty(); ++l)
+      fits &= std::find(cpus.begin(), cpus.end(), l) != cpus.end();
+    if (fits) {
+      plan.args.push_back("-l0-" + std::to_string(cfg.workers));
+    } else {
+      std::string lcores = "--lcores=";
+      for (unsigned l = 0; l <= cfg.workers; ++l)
+        lcores += (l == 0 ? "" : ",") + std::to_string(l) + "@" + std::to_string(cpus[l % cpus.size()]);
+      plan.args.push_back(lcores);
+    }
+  }
 
   const uint64_t needed = uint64_t{cfg.memory_mb} << 20;
   if (has_any(given, {"--no-huge"})) {

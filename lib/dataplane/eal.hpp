@@ -28,8 +28,17 @@ struct EalPlan {
 // The driver name of port `index` (what rte_eth_dev_get_port_by_name finds).
 std::string port_device_name(const PortConfig& port, size_t index);
 
+// The CPUs this process may run on (sched_getaffinity), in order.
+std::vector<unsigned> usable_cpus();
+
 // `user` holds the EAL options given on the command line (before `--`).
+// `cpus` (usable_cpus(); empty: not known) matters only when the user gave
+// no lcore list: the main lcore and `workers` worker lcores are lcores
+// 0..workers, on CPUs 0..workers (-l0-N) when there are that many, else
+// spread over `cpus` in turn (--lcores=0@a,1@b,2@a...: two workers on a
+// 2-CPU machine share a CPU with the mostly idle main lcore).
 EalPlan plan_eal(const std::string& argv0, const std::vector<std::string>& user,
-                 const Config& cfg, const HugepageInfo& huge, int pid);
+                 const Config& cfg, const HugepageInfo& huge, int pid,
+                 const std::vector<unsigned>& cpus = {});
 
 }  // namespace chimney::dataplane
