@@ -9,6 +9,12 @@ namespace chimney::dataplane {
 
 Placement::Placement(unsigned workers) : workers_(workers == 0 ? 1 : workers) {
   for (unsigned i = 0; i < kRetaSize; ++i) reta_[i] = static_cast<uint16_t>(i % workers_);
+  // The hash of a tuple whose halves fold to x is the hash of the tuple
+  // {x, 0, 0}; it is linear in x, so a table per byte of x.
+  for (uint32_t b = 0; b < 256; ++b) {
+    fold_lo_[b] = rss_hash(b, 0, 0, 0);
+    fold_hi_[b] = rss_hash(b << 8, 0, 0, 0);
+  }
 }
 
 RssState program_rss(uint16_t port_id, const Placement& placement, bool configured) {
