@@ -246,7 +246,14 @@ ParseOutcome parse_config(const std::vector<std::string>& args) {
      "closes per second x 2 x msl-ms entries. Default: max-connections / 8, but no fewer than "
      "1024 (or max-connections, if smaller)")
     ("msl-ms", po::value<unsigned>(&cfg.msl_ms)->default_value(cfg.msl_ms),
-     "maximum segment lifetime; TIME_WAIT lasts twice this (100-600000)");
+     "maximum segment lifetime; TIME_WAIT lasts twice this (100-600000)")
+    ("ooo-segments", po::value<unsigned>(&cfg.ooo_segments)->default_value(cfg.ooo_segments),
+     "out-of-order segments held for reassembly per worker and port (1-4194304); beyond, "
+     "they are dropped (counted: drop_ooo_budget) and the peer retransmits")
+    ("ooo-segments-per-connection",
+     po::value<unsigned>(&cfg.ooo_segments_per_connection)->default_value(cfg.ooo_segments_per_connection),
+     "out-of-order segments one connection may hold (1-65535); a window of W bytes in "
+     "MSS-sized segments needs W / MSS");
 
   std::string impair_rx, impair_tx;
   po::options_description faults("Fault injection (testing; every port)");
@@ -340,6 +347,8 @@ ParseOutcome parse_config(const std::vector<std::string>& args) {
     if (vm.count("time-wait-entries")) range("time-wait-entries", cfg.time_wait_entries, 1, 16777216);
     else cfg.time_wait_entries = tcp::default_time_wait_entries(cfg.max_connections);
     range("msl-ms", cfg.msl_ms, 100, 600000);
+    range("ooo-segments", cfg.ooo_segments, 1, 4194304);
+    range("ooo-segments-per-connection", cfg.ooo_segments_per_connection, 1, 65535);
     range("control-max-connections", cfg.control_max_connections, 1, 16777216);
     range("control-max-requests", cfg.control_max_requests, 1, 1048576);
     range("control-max-memory-mb", cfg.control_max_memory_mb, 1, 1048576);

@@ -59,6 +59,8 @@ struct Config {
   // writes here.
   unsigned time_wait_entries = 0;
   unsigned msl_ms = 30000;           // TIME_WAIT lasts 2·MSL (C-19)
+  unsigned ooo_segments = 16384;     // reassembly nodes per worker and port
+  unsigned ooo_segments_per_connection = 4096;
   // Control socket (docs/CONTROL_PROTOCOL.md); empty path: none.
   std::string control_socket = "/run/chimney/chimney.sock";
   std::vector<unsigned> control_allowed_uids;  // root is always allowed

@@ -61,6 +61,8 @@ tcp::EngineConfig engine_config(const Dataplane& dp, size_t worker, size_t port)
   cfg.time_wait_entries = dp.cfg.time_wait_entries != 0 ? dp.cfg.time_wait_entries
                                                         : tcp::default_time_wait_entries(dp.cfg.max_connections);
   cfg.msl_ms = dp.cfg.msl_ms;
+  cfg.ooo_segments = dp.cfg.ooo_segments;
+  cfg.ooo_segments_per_connection = dp.cfg.ooo_segments_per_connection;
   cfg.tx_caps = dp.ports[port].tx_caps;
   cfg.header_pool = dp.ports[port].pool;
   cfg.attach_pool = dp.attach_pools[port];

@@ -40,7 +40,11 @@ struct EngineConfig {
   uint32_t push_timer_ms = 200;       // C-9 push mode
   uint32_t persist_max_ms = 60'000;
   uint32_t ooo_segments = 16384;      // reassembly nodes for the whole engine
-  uint32_t ooo_segments_per_connection = 256;
+  // Nodes one connection may hold (at most 65535): enough for a 4 MiB window
+  // of 1448-byte segments (2897) beyond a hole, so that a loss in a bulk
+  // stream does not make the peer send the window again; an attacker's
+  // 1-byte segments stop here, leaving the rest of the engine's nodes.
+  uint32_t ooo_segments_per_connection = 4096;
   uint32_t max_rcv_window = 64u << 20;  // largest initial_rcv_wnd accepted
   uint32_t challenge_acks_per_second = 1000;  // RFC 5961 §7
   net::TxChecksumCaps tx_caps;        // what the port computes

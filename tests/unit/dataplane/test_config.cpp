@@ -10,6 +10,7 @@
 
 #include "dataplane/config.hpp"
 #include "dataplane/eal.hpp"
+#include "tcp/engine.hpp"
 
 using namespace chimney::dataplane;
 
@@ -131,6 +132,9 @@ TEST(Config, BadScalarValuesNameTheOption) {
       {{"--time-wait-entries", "0"}, "time-wait-entries"},
       {{"--time-wait-entries", "16777217"}, "time-wait-entries"},
       {{"--time-wait-entries", "some"}, "time-wait-entries"},
+      {{"--ooo-segments", "0"}, "ooo-segments"},
+      {{"--ooo-segments-per-connection", "65536"}, "ooo-segments-per-connection"},
+      {{"--ooo-segments-per-connection", "0"}, "ooo-segments-per-connection"},
       {{"--impair-rx", "loss=2"}, "impair-rx"},
       {{"--impair-tx", "wobble=1%"}, "impair-tx"},
       {{"--impair-seed", "x"}, "impair-seed"},
@@ -229,6 +233,15 @@ TEST(Config, TimeWaitEntriesDefaultToAnEighthOfMaxConnections) {
   EXPECT_EQ(c.max_connections, 800000u);
   EXPECT_EQ(c.time_wait_entries, 300000u);
   EXPECT_EQ(ok({"--config", path, "--time-wait-entries", "7"}).time_wait_entries, 7u);  // command line wins
+}
+
+// The reassembly budgets reach the engine as given; the defaults are the engine's.
+TEST(Config, ReassemblyBudgets) {
+  EXPECT_EQ(ok({}).ooo_segments, chimney::tcp::EngineConfig{}.ooo_segments);
+  EXPECT_EQ(ok({}).ooo_segments_per_connection, chimney::tcp::EngineConfig{}.ooo_segments_per_connection);
+  const Config c = ok({"--ooo-segments", "100000", "--ooo-segments-per-connection", "256"});
+  EXPECT_EQ(c.ooo_segments, 100000u);
+  EXPECT_EQ(c.ooo_segments_per_connection, 256u);
 }
 
 TEST(Config, ShippedConfigFileParses) {

@@ -818,12 +818,14 @@ TEST_F(Rfc, Rfc9293_OutOfWindowDataIsAckedWithRcvNxtAndNotDelivered) {
   EXPECT_EQ(engine->stats().drop_out_of_window, 3u);
 }
 
-// RFC 5961 §5 / the reassembly budget: beyond the default 256 nodes per
-// connection (more than an 8-bit count can hold) segments are dropped and
+// RFC 5961 §5 / the reassembly budget: beyond the per-connection budget
+// (here 256, more than an 8-bit count can hold) segments are dropped and
 // counted; the engine's other nodes stay for other connections.
-TEST_F(Rfc, ReassemblyBudgetPerConnectionHoldsAtItsDefaultOf256) {
-  reconfigure([](tcp::EngineConfig& c) { c.ooo_segments = 1024; });
-  ASSERT_EQ(tcp::EngineConfig{}.ooo_segments_per_connection, 256u);
+TEST_F(Rfc, ReassemblyBudgetPerConnectionHoldsAbove255) {
+  reconfigure([](tcp::EngineConfig& c) {
+    c.ooo_segments = 1024;
+    c.ooo_segments_per_connection = 256;
+  });
   offload_default();
   for (uint32_t i = 0; i < 300; ++i) peer(kIrs + 2 + 2 * i, kIss, ACK, "x");  // a gap before each
   drain();
@@ -831,6 +833,14 @@ TEST_F(Rfc, ReassemblyBudgetPerConnectionHoldsAtItsDefaultOf256) {
   EXPECT_EQ(tcb().rcv.ooo_bytes, 256u);
   EXPECT_EQ(engine->stats().drop_ooo_budget, 300u - 256u);
   EXPECT_TRUE(host.indicated.empty());
+}
+
+// The default budget holds a 4 MiB window of full segments beyond a hole.
+TEST(EngineConfigDefaults, ReassemblyBudgetCoversAFourMiBWindow) {
+  const tcp::EngineConfig c;
+  EXPECT_GE(c.ooo_segments_per_connection, (4u << 20) / 1448u);
+  EXPECT_LE(c.ooo_segments_per_connection, 65535u);
+  EXPECT_LE(c.ooo_segments_per_connection, c.ooo_segments);
 }
 
 // RFC 9293 §3.10.7.4: an old duplicate is ACKed, not delivered again; a
