@@ -20,7 +20,10 @@ Placement::Placement(unsigned workers) : workers_(workers == 0 ? 1 : workers) {
 RssState program_rss(uint16_t port_id, const Placement& placement, bool configured) {
   RssState st;
   st.configured = configured;
-  if (!configured) return st;
+  if (!configured) {
+    if (placement.workers() > 1) st.note = "the device reports no RSS: software steering";
+    return st;
+  }
   rte_eth_dev_info info{};
   if (rte_eth_dev_info_get(port_id, &info) != 0) {
     st.note = "no device info";
