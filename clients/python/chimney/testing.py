@@ -576,7 +576,7 @@ class TargetInNamespace:
       eal_args               more EAL options (before `--`)
       extra_args             more chimneyd options (after the generated ones)
       log_dir, log_path      where the log goes (default a temp dir)
-      ready_timeout          seconds to wait for READY_LINE (default 30)
+      ready_timeout          seconds to wait for READY_LINE (default 60: on a loaded 2-core machine the EAL alone once took over 30 s)
       stop_timeout           seconds between SIGTERM and SIGKILL on exit (default 10)
       configure_peer         give the Linux side its address and bring it up (default True)
       peer_mac               MAC for the Linux side; "auto" (default) 02:00:<peer IPv4>, so
@@ -597,7 +597,7 @@ class TargetInNamespace:
                  mtu: Optional[int] = None, port_spec: Optional[str] = None,
                  file_prefix: Optional[str] = None, eal_args: Iterable[str] = (),
                  extra_args: Iterable[str] = (), log_dir: Optional[str] = None,
-                 log_path: Optional[str] = None, ready_timeout: float = 30.0,
+                 log_path: Optional[str] = None, ready_timeout: float = 60.0,
                  stop_timeout: float = 10.0, configure_peer: bool = True,
                  disable_ipv6: bool = True, peer_mac: Optional[str] = "auto",
                  cwd: Optional[str] = None,
