@@ -881,6 +881,9 @@ void Engine::finish_terminate(Tcb& c) {
 
 void Engine::release(Tcb& c) {
   if (!c.flags.closed) enter_closed(c);
+  // The slot is reused by the next offload (a new Tcb over it): its timer
+  // node must be in no slot list of the wheel by then.
+  wheel_.cancel(c.timer);
   const uint32_t slot = c.handle.value & kSlotMask;
   generation_[slot] = static_cast<uint16_t>(generation_[slot] + 1 == 0 ? 1 : generation_[slot] + 1);
   if (generation_[slot] >= (1u << (32 - kSlotBits))) generation_[slot] = 1;

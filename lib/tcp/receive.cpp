@@ -220,10 +220,14 @@ void Engine::drain_buffered(Tcb& c) {
       break;
     }
   }
-  // A partly filled receive in push mode completes on the push timer.
+  // A partly filled receive in push mode completes on the push timer. A
+  // closed connection has no timers (and its FIN came after this data):
+  // there it completes now, as the FIN would have completed it.
   if (c.recv_head != nullptr && meta<ReceiveMeta>(c.recv_head).filled != 0 &&
-      !(c.recv_head->flags & kReceiveNoPush) && c.due_ms[size_t(TimerKind::push)] == 0)
-    arm(c, TimerKind::push, cfg_.push_timer_ms);
+      !(c.recv_head->flags & kReceiveNoPush)) {
+    if (c.flags.closed) complete_filled_receives(c, /*push=*/true);
+    else if (c.due_ms[size_t(TimerKind::push)] == 0) arm(c, TimerKind::push, cfg_.push_timer_ms);
+  }
   if (consumed) update_window_after_read(c);
   maybe_indicate_fin(c);
 }

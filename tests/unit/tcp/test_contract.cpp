@@ -625,6 +625,44 @@ TEST_F(Contract, C19_TimeWaitReleasesTheStateAndAnswersForTwoMsl) {
   EXPECT_EQ(unmatched_count, 1) << "after 2·MSL the slow path answers";
 }
 
+TEST_F(Contract, C9_C20_AReceivePostedAfterTheCloseTakesTheBufferedDataAtOnce) {
+  // Data the host left buffered (C-10) outlives the close (C-20). A push-mode
+  // receive posted in TIME_WAIT is filled with it and completes at once (the
+  // FIN came after that data); no timer is armed for a connection that has
+  // none any more. Such a node stayed linked in the wheel after the release,
+  // and the next connection offloaded into the slot broke the wheel's list:
+  // the worker looped in the wheel forever, or fired a timer for garbage
+  // (found by chimney-bench remote against chimneyd).
+  offload_default();
+  host.accept = [](uint32_t) { return 0u; };  // the host takes nothing indicated
+  peer(5000, 1000, ACK | PSH, "hello");
+  auto d = Request::buffer(0);
+  engine->disconnect(h, &d->nbl, DisconnectKind::graceful);
+  drain();
+  peer(5005, 1001, ACK | FIN);  // ACKs our FIN and sends its own
+  ASSERT_EQ(tcb().state, TcpState::time_wait);
+  ASSERT_TRUE(tcb().flags.closed);
+  auto r = Request::buffer(100);
+  ASSERT_EQ(engine->receive(h, &r->nbl), Status::pending);
+  const auto got = host.of(HR::receive);
+  ASSERT_EQ(got.size(), 1u) << "completes at once, no push timer";
+  EXPECT_EQ(got[0].status, Status::success);
+  EXPECT_EQ(r->filled(), "hello");
+  ASSERT_FALSE(tcb().timer.linked()) << "no timer for a closed connection";
+  EXPECT_EQ(host.count_events(EventKind::disconnect), 1) << "C-16: the FIN once the data was consumed";
+  ASSERT_EQ(engine->terminate(h), Status::pending);
+  engine->poll(now_us);
+  ASSERT_EQ(host.of(HR::terminate).size(), 1u);
+  // The slot serves the next connection; its timers run.
+  flow.remote_port += 1;
+  offload_default();
+  auto s = Request::with("x");
+  engine->send(h, &s->nbl);
+  drain();
+  advance(1500);  // an RTO: the unanswered segment goes again
+  EXPECT_GE(engine->stats().rto_expirations, 1u);
+}
+
 TEST_F(Contract, C20_ResourcesStayValidUntilTerminateThenTheHandleIsReleased) {
   offload_default();
   peer(5000, 1000, RST);
