@@ -125,6 +125,7 @@ class PeerEndpoint {
   void run(const std::atomic<bool>& stop);
   std::string ready_json() const;  // address, MAC, socket, services
   std::string exit_json() const;   // counters: frames, ARP, RST, drops, engine, connections
+  std::string open_connections_json() const;  // each live connection's requests (diagnostics)
   uint64_t connections_closed() const;
   uint64_t connections_failed() const;  // ended by abort, retrieve, refusal or a failed request
 

@@ -273,7 +273,7 @@ int main(int argc, char** argv) {
   po::options_description desc("chimney-bench <run|inproc|linux|wire|patterns|smoke|peer|remote> [options]");
   desc.add_options()
       ("help,h", "this text")
-      ("command", po::value(&command), "run | inproc | linux | wire | patterns | smoke")
+      ("command", po::value(&command), "run | inproc | linux | wire | patterns | smoke | peer | remote")
       ("csv", po::value(&csv), "write the table as CSV to this file")
       ("raw-csv", po::value(&raw_csv), "write every figure (key,value,ok,note) to this file")
       ("plot-data", po::value(&plot_dir), "write gnuplot data files (rr.dat, cost.dat, latency.dat) to this directory")
@@ -394,6 +394,7 @@ int main(int argc, char** argv) {
     memory_mb = o.smoke || command == "patterns" ? 1024 : 1536 + static_cast<uint64_t>(o.connections) * 2600 / 1'000'000;
 
   const bool references = command != "remote" || !no_references;
+  if (command == "remote" && !references && !vm.count("memory")) memory_mb = 256;  // the peer only (+256 below)
   const bool patterns = command == "patterns" ||
       ((command == "run" || command == "inproc" || command == "smoke") &&
        (only.empty() || std::find(only.begin(), only.end(), "patterns") != only.end()));

@@ -647,6 +647,25 @@ std::string PeerEndpoint::ready_json() const {
          p.opts.role + "\", \"pid\": " + std::to_string(getpid()) + ", \"services\": [" + services + "]}";
 }
 
+std::string PeerEndpoint::open_connections_json() const {
+  const Impl& p = *impl_;
+  std::string out = "[";
+  for (const Impl::Conn& c : p.conns) {
+    if (!c.live) continue;
+    std::string slots;
+    for (uint32_t i = 0; i < c.window && c.slots; ++i)
+      slots += "0123"[static_cast<int>(c.slots[i].state)];  // idle, receiving, filled, sending
+    out += std::string(out.size() > 1 ? ", " : "") + "{\"service\": \"" + to_string(c.svc->kind) +
+           "\", \"remote_port\": " + std::to_string(c.remote_port) + ", \"offloaded\": " +
+           (c.offloaded ? "true" : "false") + ", \"peer_fin\": " + (c.peer_fin ? "true" : "false") +
+           ", \"received\": " + std::to_string(c.received) + ", \"sent_posted\": " + std::to_string(c.sent_posted) +
+           ", \"sent\": " + std::to_string(c.sent_acked) + ", \"sends_out\": " + std::to_string(c.sends_out) +
+           ", \"recvs_out\": " + std::to_string(c.recvs_out) + ", \"slots\": \"" + slots + "\", \"cursors\": [" +
+           std::to_string(c.cur_send) + ", " + std::to_string(c.cur_post) + "]}";
+  }
+  return out + "]";
+}
+
 std::string PeerEndpoint::exit_json() const {
   const Impl& p = *impl_;
   const dpl::CounterTotals t = p.dp.port_totals(0);

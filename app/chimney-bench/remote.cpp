@@ -62,10 +62,17 @@ std::string slurp(const std::string& path) {
   return s.str();
 }
 
+// The last `lines` lines of `text`.
 std::string tail(const std::string& text, size_t lines) {
-  size_t pos = text.size();
-  for (size_t n = 0; pos > 0 && n <= lines; ++n) pos = text.rfind('\n', pos - 1);
-  return pos == std::string::npos ? text : text.substr(pos + 1);
+  size_t end = text.size();
+  if (end != 0 && text[end - 1] == '\n') --end;
+  size_t pos = end;
+  for (size_t n = 0; n < lines; ++n) {
+    if (pos == 0) return text;
+    pos = text.rfind('\n', pos - 1);
+    if (pos == std::string::npos) return text;
+  }
+  return text.substr(pos + 1);
 }
 
 // The host: one client session, every completion queued for the workload
@@ -360,6 +367,15 @@ Result request_response(Host& host, const Options& o, uint32_t n) {
     start(k);
   }
   Host::Window w = host.window();
+  auto state = [&] {  // for a stall: each connection's transaction as the host sees it
+    std::string out;
+    for (uint32_t i = 0; i < n && i < 8; ++i)
+      out += " [conn " + std::to_string(i) + ": in_txn " + std::to_string(conns[i].in_txn) + ", send pending " +
+             std::to_string(conns[i].send != 0) + ", answer bytes " + std::to_string(conns[i].got) +
+             ", receive posted " + std::to_string(conns[i].recv != 0) + "]";
+    return "transactions " + std::to_string(transactions) + ";" + out;
+  };
+  try {
   host.pump_until(on, [&] {
     if (w.feed(transactions, o.seconds, answered == n)) stopping = true;
     if (!why.empty()) stopping = true;
@@ -368,6 +384,9 @@ Result request_response(Host& host, const Options& o, uint32_t n) {
       if (k.in_txn && why.empty()) return false;
     return true;
   }, o.warmup + o.seconds + 60, "request/response");
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string(e.what()) + ": " + state());
+  }
   // Close every connection: our FIN, the echo's FIN, terminate.
   std::vector<cc::Request> discs;
   for (Conn& k : conns) discs.push_back(c.disconnect(k.h, true));
@@ -404,6 +423,7 @@ Result request_response(Host& host, const Options& o, uint32_t n) {
 struct Chimneyd {
   pid_t pid = -1;
   std::string dir, log, socket, prefix;
+  bool keep_log = false;  // a failed run keeps chimneyd's log (its path is printed)
 
   Chimneyd(const Options& o, const RemoteOptions& r) {
     char tmpl[] = "/tmp/cbench-remote-XXXXXX";
@@ -441,7 +461,12 @@ struct Chimneyd {
     if (pid > 0) stop(pid, SIGTERM, 15);
     std::error_code ignored;  // its EAL runtime directory (our prefix) and the temp dir
     std::filesystem::remove_all("/var/run/dpdk/" + prefix, ignored);
-    std::filesystem::remove_all(dir, ignored);
+    if (keep_log) {
+      std::filesystem::remove(socket, ignored);
+      std::fprintf(stderr, "[remote] chimneyd's log kept: %s\n", log.c_str());
+    } else {
+      std::filesystem::remove_all(dir, ignored);
+    }
   }
 };
 
@@ -527,11 +552,21 @@ void run_remote(const Options& o, const RemoteOptions& r_in, const std::vector<s
   f.set("remote_peer_connections_failed", static_cast<double>(peer->connections_failed()),
         peer->connections_failed() == 0, peer_note);
   if (!failure.empty()) {
-    if (chimneyd) failure += "\nchimneyd log:\n" + tail(slurp(chimneyd->log), 15);
+    if (chimneyd) {
+      int st = 0;
+      if (waitpid(chimneyd->pid, &st, WNOHANG) == chimneyd->pid) {
+        failure += WIFSIGNALED(st) ? "; chimneyd was killed by signal " + std::to_string(WTERMSIG(st))
+                                   : "; chimneyd exited with " + std::to_string(WEXITSTATUS(st));
+        chimneyd->pid = -1;
+      }
+      failure += "\nchimneyd log, last lines:\n" + tail(slurp(chimneyd->log), 15);
+      chimneyd->keep_log = true;
+    }
     std::fprintf(stderr, "[remote] %s\n", failure.c_str());
     f.fail("remote", failure);
   }
   std::fprintf(stderr, "[remote] %s\n", peer->exit_json().c_str());
+  if (!failure.empty()) std::fprintf(stderr, "[remote] the peer's open connections: %s\n", peer->open_connections_json().c_str());
   chimneyd.reset();  // chimneyd stops before our end of the memif goes
   peer.reset();
 }
