@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Linux side of the fault tests: many connections, data both ways at once.
 
-  bulk_peer.py PORT NCONN NBYTES
+  bulk_peer.py PORT NCONN NBYTES                 listens, accepts NCONN
+  bulk_peer.py --connect IP PORT NCONN NBYTES     connects NCONN times
 
-Listens on PORT (prints 'listening'), accepts NCONN connections and, on each
-at the same time, sends NBYTES of the test stream (peer.stream) and then its
+Listens on PORT (prints 'listening') and accepts NCONN connections, or makes
+NCONN connections to IP:PORT (prints 'connected'), and, on each at the same
+time, sends NBYTES of the test stream (peer.stream) and then its
 FIN, while it reads what the other side sends until EOF. When every
 connection has ended it prints one JSON line: a list, per connection in
 accept order, of {peer_port, bytes_in, sha256_in, bytes_out, end} where end
@@ -60,23 +62,14 @@ class Conn:
                 "bytes_out": self.sent, "end": self.end}
 
 
-def main():
-    port, nconn, nbytes = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", port))
-    srv.listen(nconn)
-    print("listening", flush=True)
+def serve(conns):
+    """Moves every connection's data both ways at once until all ended;
+    prints the JSON result line."""
     sel = selectors.DefaultSelector()
-    conns = []
-    while len(conns) < nconn:
-        s, addr = srv.accept()
-        s.setblocking(False)
-        c = Conn(s, addr, nbytes)
-        conns.append(c)
-        sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
-    srv.close()
-    live = nconn
+    for c in conns:
+        c.sock.setblocking(False)
+        sel.register(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
+    live = len(conns)
     draining = []  # read to EOF and shut down: waiting for the last ACKs
     while live:
         for c in [c for c in draining if c.acked()]:
@@ -104,9 +97,8 @@ def main():
                     sel.unregister(c.sock)
                     draining.append(c)
                     continue
-                else:
-                    sel.modify(c.sock, (0 if c.eof else selectors.EVENT_READ)
-                               | (0 if c.shut else selectors.EVENT_WRITE), c)
+                sel.modify(c.sock, (0 if c.eof else selectors.EVENT_READ)
+                           | (0 if c.shut else selectors.EVENT_WRITE), c)
             except BlockingIOError:
                 continue
             except OSError as e:
@@ -116,6 +108,30 @@ def main():
                 c.sock.close()
                 live -= 1
     print(json.dumps([c.result() for c in conns]), flush=True)
+
+
+def main():
+    if sys.argv[1] == "--connect":
+        ip, port, nconn, nbytes = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+        conns = []
+        for _ in range(nconn):
+            s = socket.create_connection((ip, port), timeout=30)
+            conns.append(Conn(s, s.getsockname(), nbytes))  # peer_port: our own port
+        print("connected", flush=True)
+        serve(conns)
+        return
+    port, nconn, nbytes = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(nconn)
+    print("listening", flush=True)
+    conns = []
+    while len(conns) < nconn:
+        s, addr = srv.accept()
+        conns.append(Conn(s, addr, nbytes))
+    srv.close()
+    serve(conns)
 
 
 if __name__ == "__main__":
