@@ -110,3 +110,14 @@ def run_streams(t, conns, total, final, chunk, window, deadline_s):
         assert s.h.hexdigest() == hashlib.sha256(stream_peer.stream(total)).hexdigest(), s.conn
         assert s.completed == s.posted, (s.conn, s.completed, s.posted)  # each exactly once
     return streams
+
+
+def check_peer_results(results, nbytes, final):
+    """bulk_peer.py's result line: every connection ended with our FIN, sent
+    all its `nbytes`, and received our stream and `final` whole."""
+    want_in = hashlib.sha256(stream_peer.stream(nbytes) + final).hexdigest()
+    for r in results:
+        assert r["end"] == "eof", r
+        assert r["bytes_out"] == nbytes, r
+        assert r["bytes_in"] == nbytes + len(final), r
+        assert r["sha256_in"] == want_in, r

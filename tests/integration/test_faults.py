@@ -14,7 +14,6 @@ whole module stays within a few minutes; CHIMNEY_FAULT_SCALE multiplies
 every size. A failure names the impairment seed; replay it with
 CHIMNEY_IMPAIR_SEED=<seed>.
 """
-import hashlib
 import json
 import os
 import subprocess
@@ -24,7 +23,7 @@ import pytest
 
 from conftest import PYTHON, pools, start_target, wait_until
 import peer as stream_peer
-from streams import run_streams
+from streams import check_peer_results, run_streams
 from wirecheck import Wire
 
 from chimney.client import Target
@@ -102,13 +101,7 @@ def fault_run(chimneyd, tmp_path, profile, nconn, nbytes, port, deadline_s):
                 if wire is not None:
                     wire.stop()
                     print(f"capture: {wire.pcap}")
-            results = json.loads(out.strip().splitlines()[-1])
-            want_in = hashlib.sha256(stream_peer.stream(nbytes) + final).hexdigest()
-            for r in results:
-                assert r["end"] == "eof", r
-                assert r["bytes_out"] == nbytes, r
-                assert r["bytes_in"] == nbytes + len(final), r
-                assert r["sha256_in"] == want_in, r
+            check_peer_results(json.loads(out.strip().splitlines()[-1]), nbytes, final)
             for c in conns:
                 c.terminate()
             # Nothing leaks: connections released, every pool back where it was.

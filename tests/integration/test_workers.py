@@ -13,7 +13,6 @@ connections. A TAP has no hardware RSS: the kernel picks the queue, and a
 frame that reaches the other worker is steered to its owner (steered_out /
 steered_in, steer_ring_full drops: none).
 """
-import hashlib
 import json
 import os
 import socket
@@ -22,7 +21,7 @@ import subprocess
 
 from conftest import PYTHON, pools, start_target, wait_until
 import peer as stream_peer
-from streams import run_streams
+from streams import check_peer_results, run_streams
 
 from chimney.client import Target
 
@@ -83,15 +82,6 @@ def worker_engines(ns):
     return out
 
 
-def check_linux_results(results, nbytes, final):
-    want_in = hashlib.sha256(stream_peer.stream(nbytes) + final).hexdigest()
-    for r in results:
-        assert r["end"] == "eof", r
-        assert r["bytes_out"] == nbytes, r
-        assert r["bytes_in"] == nbytes + len(final), r
-        assert r["sha256_in"] == want_in, r
-
-
 def test_connections_spread_over_two_workers(chimneyd, tmp_path):
     final = stream_peer.stream(1000, NBYTES)
     with start_target(chimneyd, tmp_path, workers=WORKERS) as ns:
@@ -112,7 +102,7 @@ def test_connections_spread_over_two_workers(chimneyd, tmp_path):
             run_streams(t, conns, NBYTES, final, CHUNK, WINDOW, 120)
             out, _ = linux.communicate(timeout=120)
             active = json.loads(out.strip().splitlines()[-1])
-            check_linux_results(active, NBYTES, final)
+            check_peer_results(active, NBYTES, final)
             for c in conns:
                 c.terminate()
 
@@ -125,7 +115,7 @@ def test_connections_spread_over_two_workers(chimneyd, tmp_path):
             run_streams(t, accepted, NBYTES, final, CHUNK, WINDOW, 120)
             out, _ = client.communicate(timeout=120)
             passive = json.loads(out.strip().splitlines()[-1])
-            check_linux_results(passive, NBYTES, final)
+            check_peer_results(passive, NBYTES, final)
             for c in accepted:
                 c.terminate()
             t.release_listen(7302)
