@@ -82,6 +82,18 @@ def worker_engines(ns):
     return out
 
 
+def exchange(t, conns, peer, final):
+    """NBYTES both ways on every connection, then graceful disconnects; the
+    Linux side's result checked and returned; the connections terminated."""
+    run_streams(t, conns, NBYTES, final, CHUNK, WINDOW, 120)
+    out, _ = peer.communicate(timeout=120)
+    results = json.loads(out.strip().splitlines()[-1])
+    check_peer_results(results, NBYTES, final)
+    for c in conns:
+        c.terminate()
+    return results
+
+
 def test_connections_spread_over_two_workers(chimneyd, tmp_path):
     final = stream_peer.stream(1000, NBYTES)
     with start_target(chimneyd, tmp_path, workers=WORKERS) as ns:
@@ -99,12 +111,7 @@ def test_connections_spread_over_two_workers(chimneyd, tmp_path):
             st = t.stats()
             # An ephemeral port is chosen for the least-loaded worker.
             assert [st[f"worker{w}_connections"] for w in range(WORKERS)] == [NCONN // WORKERS] * WORKERS, st
-            run_streams(t, conns, NBYTES, final, CHUNK, WINDOW, 120)
-            out, _ = linux.communicate(timeout=120)
-            active = json.loads(out.strip().splitlines()[-1])
-            check_peer_results(active, NBYTES, final)
-            for c in conns:
-                c.terminate()
+            active = exchange(t, conns, linux, final)
 
             # -- passive opens: a Linux client's connections to a LISTEN
             t.listen(7302, backlog=NCONN)
@@ -112,12 +119,7 @@ def test_connections_spread_over_two_workers(chimneyd, tmp_path):
                               stdout=subprocess.PIPE, text=True)
             accepted = [t.accept(timeout=30) for _ in range(NCONN)]
             assert client.stdout.readline().strip() == "connected"
-            run_streams(t, accepted, NBYTES, final, CHUNK, WINDOW, 120)
-            out, _ = client.communicate(timeout=120)
-            passive = json.loads(out.strip().splitlines()[-1])
-            check_peer_results(passive, NBYTES, final)
-            for c in accepted:
-                c.terminate()
+            passive = exchange(t, accepted, client, final)
             t.release_listen(7302)
 
             wait_until("connections released and pools at their baseline",
