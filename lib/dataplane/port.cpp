@@ -1,6 +1,8 @@
 #include "dataplane/port.hpp"
 
+#include <algorithm>
 #include <stdexcept>
+#include <utility>
 
 #include <rte_cycles.h>
 #include <rte_ethdev.h>
@@ -131,23 +133,46 @@ void close_port(Port& port) {
   rte_eth_dev_close(port.id);
 }
 
-void TxQueue::flush() {
-  if (impair_ != nullptr) {
+TxQueue& TxQueue::operator=(TxQueue&& o) noexcept {
+  if (this != &o) {
+    discard();
+    pkts_ = o.pkts_;
+    n_ = std::exchange(o.n_, 0);
+    refused_ = std::exchange(o.refused_, 0);
+    port_id_ = o.port_id_;
+    queue_id_ = o.queue_id_;
+    counters_ = o.counters_;
+    impair_ = o.impair_;
+  }
+  return *this;
+}
+
+uint16_t TxQueue::flush() {
+  if (impair_ != nullptr) {  // only the frames that have not passed it yet
     const uint64_t now_us = rte_get_tsc_cycles() / (rte_get_tsc_hz() / 1'000'000);
-    n_ = impair_->pass(pkts_.data(), n_, now_us, pkts_.data(), kCapacity);
+    n_ = static_cast<uint16_t>(refused_ + impair_->pass(pkts_.data() + refused_, n_ - refused_, now_us,
+                                                         pkts_.data() + refused_, kCapacity - refused_));
   }
-  if (n_ == 0) return;
-  uint64_t bytes = 0;
-  for (uint16_t i = 0; i < n_; ++i) bytes += rte_pktmbuf_pkt_len(pkts_[i]);
+  if (n_ == 0) return 0;
   const uint16_t sent = rte_eth_tx_burst(port_id_, queue_id_, pkts_.data(), n_);
-  for (uint16_t i = sent; i < n_; ++i) {
-    bytes -= rte_pktmbuf_pkt_len(pkts_[i]);
-    rte_pktmbuf_free(pkts_[i]);
-    counters_->drop(net::DropReason::tx_full);
-  }
+  uint64_t bytes = 0;
+  for (uint16_t i = 0; i < sent; ++i) bytes += rte_pktmbuf_pkt_len(pkts_[i]);
   counters_->tx_packets.add(sent);
   counters_->tx_bytes.add(bytes);
-  n_ = 0;
+  // What the queue refused goes first on the next flush, in order.
+  std::copy(pkts_.begin() + sent, pkts_.begin() + n_, pkts_.begin());
+  n_ = refused_ = static_cast<uint16_t>(n_ - sent);
+  return n_;
+}
+
+void TxQueue::drop(rte_mbuf* m) {
+  rte_pktmbuf_free(m);
+  counters_->drop(net::DropReason::tx_full);
+}
+
+void TxQueue::discard() {
+  for (uint16_t i = 0; i < n_; ++i) drop(pkts_[i]);
+  n_ = refused_ = 0;
 }
 
 }  // namespace chimney::dataplane

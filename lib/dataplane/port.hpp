@@ -39,10 +39,21 @@ Port open_port(size_t index, const std::string& device, const PortConfig& pc, co
 // Stops and closes the port (a TAP interface disappears here).
 void close_port(Port& port);
 
-// Packets staged for one TX queue, sent in bursts.
+// Packets staged for one TX queue, sent in bursts. What the queue refuses
+// (its ring is full: the peer or the device is behind) stays staged and goes
+// again on the next flush, so a burst larger than the ring is not lost and
+// retransmitted; only a frame pushed while a whole staging area is refused is
+// dropped (counted tx_full).
 class TxQueue {
  public:
-  static constexpr uint16_t kCapacity = 64;
+  static constexpr uint16_t kCapacity = 256;
+
+  TxQueue() = default;
+  TxQueue(TxQueue&& o) noexcept { *this = std::move(o); }
+  TxQueue& operator=(TxQueue&& o) noexcept;
+  TxQueue(const TxQueue&) = delete;
+  TxQueue& operator=(const TxQueue&) = delete;
+  ~TxQueue() { discard(); }
 
   void bind(uint16_t port_id, uint16_t queue_id, Counters* counters) {
     port_id_ = port_id;
@@ -52,16 +63,24 @@ class TxQueue {
   // Frames pass this stage on their way out (faults on purpose; none by default).
   void impair(net::Impairment* stage) { impair_ = stage; }
   void push(rte_mbuf* m) {
+    if (n_ == kCapacity) {
+      flush();
+      if (n_ == kCapacity) return drop(m);  // the queue took nothing of a full staging area
+    }
     pkts_[n_++] = m;
-    if (n_ == kCapacity) flush();
   }
-  // Sends what is staged (and what the impairment stage lets out now); what
-  // the queue refuses is freed and counted (tx_full).
-  void flush();
+  // Sends what is staged (and what the impairment stage lets out now);
+  // returns the number of frames the queue refused, which stay staged.
+  uint16_t flush();
+  // Frees what is staged (counted tx_full): the queue is going away.
+  void discard();
 
  private:
+  void drop(rte_mbuf* m);
+
   std::array<rte_mbuf*, kCapacity> pkts_{};
   uint16_t n_ = 0;
+  uint16_t refused_ = 0;  // pkts_[0, refused_): refused once, already past the impairment stage
   uint16_t port_id_ = 0;
   uint16_t queue_id_ = 0;
   Counters* counters_ = nullptr;
