@@ -49,6 +49,7 @@
 
 #include "bench.hpp"
 #include "dataplane/dataplane.hpp"
+#include "dataplane/offload_ops.hpp"
 #include "dataplane/runtime.hpp"
 #include "dataplane/slowpath.hpp"
 #include "net/addr.hpp"
@@ -570,12 +571,25 @@ struct PeerEndpoint::Impl : public HostCallbacks {
     free_conns.push_back(static_cast<uint32_t>(&c - conns.data()));
   }
 
-  // Hands the frames in slow_frames to the slow path, one at a time. The
-  // slow path drops a segment that arrives while the engine takes over a
-  // connection it has just handed over (chimneyd's does too: the sender
-  // retransmits, after the initial RTO of 1 s this early). Here both run
-  // in this thread, so once a handshake completes, the rest of the burst
-  // (the data right behind its last ACK) goes to the engine again.
+  // Segments the slow path kept for the engine while it handed a
+  // connection over (SlowPath::hand_over: the data or FIN on the ACK that
+  // completed a handshake, what came behind it), on the ops ring as in
+  // chimneyd; accept() has put the connection in the engine already.
+  unsigned take_handed_over(uint64_t now_us, dpl::Counters& wc) {
+    std::array<void*, 32> ops{};
+    const unsigned n = rte_ring_sc_dequeue_burst(dp.ops[0], ops.data(), ops.size(), nullptr);
+    for (unsigned i = 0; i < n; ++i) {
+      auto* op = static_cast<dpl::OffloadOp*>(ops[i]);
+      if (op->kind == dpl::OffloadOp::Kind::input) dpl::hand_over_input(*engine, op->frame, now_us, wc);
+      dpl::free_op_record(dp, op);
+    }
+    return n;
+  }
+
+  // Hands the frames in slow_frames to the slow path, one at a time. Here
+  // both run in this thread, so once a handshake completes, what the slow
+  // path kept of its last ACK goes to the engine at once, and so does the
+  // rest of the burst (the data right behind that ACK).
   void to_slow_path(uint16_t n, uint64_t tsc, uint64_t now_us, dpl::Counters& wc) {
     rte_mbuf** frames = slow_frames.data();
     uint16_t i = 0;
@@ -584,6 +598,7 @@ struct PeerEndpoint::Impl : public HostCallbacks {
       dpl::queue_to_slowpath(dp.to_slowpath[0], frames + i, 1, wc);
       ++i;
       slow->poll(tsc);
+      take_handed_over(now_us, wc);
       if (accepted == before || i == n) continue;
       uint16_t keep = i, n_tcp = 0;
       for (uint16_t j = i; j < n; ++j) (is_tcp(frames[j]) ? tcp_frames[n_tcp++] : frames[keep++]) = frames[j];
@@ -617,6 +632,7 @@ struct PeerEndpoint::Impl : public HostCallbacks {
       // chimneyd's main lcore: the slow path (ARP, handshakes, RST).
       if (step.to_slowpath != 0) to_slow_path(step.to_slowpath, tsc, now_us, wc);
       work += slow->poll(tsc);
+      work += take_handed_over(now_us, wc);
       if (tsc >= next_tick) {
         slow->tick(tsc);
         next_tick = tsc + hz / 10;
@@ -683,6 +699,8 @@ std::string PeerEndpoint::exit_json() const {
          ", \"tx_packets\": " + std::to_string(t.tx_packets) + ", \"arp_requests\": " + std::to_string(t.arp_requests) +
          ", \"arp_replies\": " + std::to_string(t.arp_replies) + ", \"rst_sent\": " + std::to_string(t.rst_sent) +
          ", \"established_passive\": " + std::to_string(hs.established_passive) +
+         ", \"handshake_parked\": " + std::to_string(t.handshake_parked) +
+         ", \"handshake_parked_dropped\": " + std::to_string(t.handshake_parked_dropped) +
          ", \"accepted\": " + std::to_string(p.accepted) + ", \"closed\": " + std::to_string(p.closed) +
          ", \"failed\": " + std::to_string(p.failed) + ", \"refused\": " + std::to_string(p.refused) +
          ", \"open\": " + std::to_string(p.engine->connections()) + ", \"drops\": {" + drops + "}, \"engine\": {" +

@@ -32,6 +32,15 @@ struct alignas(RTE_CACHE_LINE_SIZE) Counters {
   Counter arp_requests;
   Counter icmp_echo_replies;
   Counter rst_sent;
+  // The handover of a connection whose handshake the slow path made
+  // (SlowPath::hand_over): segments that reached the slow path before the
+  // engine had the connection, kept and passed to the owner worker (main
+  // lcore); taken by its engine (worker); dropped: over the bound per
+  // handshake or no ring room (main lcore), or no connection in the engine
+  // when they got there, the offload failed or never came (worker).
+  Counter handshake_parked;
+  Counter handshake_parked_delivered;
+  Counter handshake_parked_dropped;
   std::array<Counter, net::kDropReasonCount> drops;
   // The impairment stage (--impair-rx / --impair-tx), when there is one.
   net::ImpairStats impair_rx;
@@ -60,6 +69,9 @@ struct CounterTotals {
   uint64_t arp_requests = 0;
   uint64_t icmp_echo_replies = 0;
   uint64_t rst_sent = 0;
+  uint64_t handshake_parked = 0;
+  uint64_t handshake_parked_delivered = 0;
+  uint64_t handshake_parked_dropped = 0;
   std::array<uint64_t, net::kDropReasonCount> drops{};
   struct Impair {
     uint64_t frames = 0, lost = 0, corrupted = 0, duplicated = 0, reordered = 0, overflow = 0;
@@ -87,6 +99,9 @@ struct CounterTotals {
     arp_requests += c.arp_requests.get();
     icmp_echo_replies += c.icmp_echo_replies.get();
     rst_sent += c.rst_sent.get();
+    handshake_parked += c.handshake_parked.get();
+    handshake_parked_delivered += c.handshake_parked_delivered.get();
+    handshake_parked_dropped += c.handshake_parked_dropped.get();
     for (size_t i = 0; i < drops.size(); ++i) drops[i] += c.drops[i].get();
     impair_rx.add(c.impair_rx);
     impair_tx.add(c.impair_tx);

@@ -95,6 +95,13 @@ void queue_to_slowpath(rte_ring* ring, rte_mbuf** frames, unsigned n, Counters& 
 unsigned take_from_slowpath(const Dataplane& dp, rte_ring* ring, std::vector<TxQueue>& tx, rte_mbuf** scratch,
                             unsigned max);
 
+// A segment the slow path passed on while the engine took its connection
+// over (OffloadOp::Kind::input, SlowPath::hand_over), behind the offload on
+// the same ring: into `engine` (counted handshake_parked_delivered); when
+// the engine has no connection for it (the offload failed or never came) it
+// is freed and counted (handshake_parked_dropped).
+void hand_over_input(tcp::Engine& engine, rte_mbuf* m, uint64_t now_us, Counters& c);
+
 struct WorkerContext {
   Dataplane* dp;
   size_t slot;     // 1-based: counters slot, and RX/TX queue slot - 1

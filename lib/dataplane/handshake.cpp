@@ -3,6 +3,8 @@
 // SYN cookies beyond it (RFC 4987). A completed handshake becomes an
 // OffloadState handed to the engine like any host's (DESIGN.md: one code path
 // for every offload).
+#include <new>
+
 #include <rte_cycles.h>
 #include <rte_hash_crc.h>
 #include <rte_ip.h>
@@ -10,6 +12,7 @@
 #include <rte_tcp.h>
 
 #include "dataplane/handshake.hpp"
+#include "dataplane/offload_ops.hpp"
 #include "tcp/engine.hpp"
 #include "net/packet.hpp"
 #include "net/tcp_options.hpp"
@@ -48,6 +51,12 @@ uint32_t tuple_secret_hash(uint32_t local_ip, uint32_t remote_ip, uint16_t local
   for (const uint32_t w : {local_ip, remote_ip, (uint32_t{local_port} << 16) | remote_port, purpose})
     h = rte_hash_crc_4byte(w, h);
   return h;
+}
+
+// The segment's text length (the worker left l3_len and l4_len in the mbuf).
+uint32_t tcp_payload_len(const rte_mbuf* m) {
+  const auto* ip = rte_pktmbuf_mtod_offset(m, const rte_ipv4_hdr*, m->l2_len);
+  return uint32_t{rte_be_to_cpu_16(ip->total_length)} - m->l3_len - m->l4_len;
 }
 
 uint8_t cookie_mss_index(uint16_t mss) {
@@ -123,7 +132,7 @@ Status SlowPath::connect(const ConnectRequest& req, ConnectDone done) {
   }
   const uint64_t key = tuple_key(req.remote_ip, req.remote_port, hs->local_port);
   // An entry of an earlier handshake of this 4-tuple that the engine has
-  // taken over only drops stray segments for a second; opening the 4-tuple
+  // taken over only passes late segments on for a second; opening the 4-tuple
   // again (after a close: RFC 9293 §3.10.7.4, RFC 6191) replaces it.
   auto earlier = handshakes_.find(key);
   if (earlier != handshakes_.end() && earlier->second->phase == Handshake::Phase::offloading) handshakes_.erase(earlier);
@@ -277,6 +286,41 @@ uint32_t SlowPath::cookie(const Handshake& hs, uint32_t t) const {
   return ((t & 0x1f) << 27) | (uint32_t{mss} << 24) | (h & 0xffffff);
 }
 
+void SlowPath::hand_over(Handshake& hs, rte_mbuf* m) {
+  // A segment of a connection whose established state is on its way to the
+  // engine (phase offloading) reached us because the engine did not have it
+  // yet. The host's offload request is already on the owner worker's ops
+  // ring (posted from within accept() or done(), before we get here); this
+  // segment goes on the same ring behind it, so the worker installs the TCB
+  // first and then processes the segment as RFC 9293 §3.10.7.4 says for
+  // ESTABLISHED, in the order the segments reached us. The peer's first
+  // data is not lost to the handover and needs no retransmission. If the
+  // offload fails, or the host never offloads, the engine has no connection
+  // for the segment and the worker drops and counts it.
+  Counters& c = counters(hs.port);
+  auto drop = [&] {
+    ++hs_counters_.parked_dropped;
+    c.handshake_parked_dropped.add();
+    rte_pktmbuf_free(m);
+  };
+  if (hs.parked >= kParkedPerHandshake) return drop();
+  const unsigned worker = dp_.placement.owner(dp_.ports[hs.port].config.address.addr.value, hs.remote_ip.value,
+                                              hs.local_port, hs.remote_port);
+  void* rec = alloc_op_record(dp_);
+  if (rec == nullptr) return drop();
+  auto* op = new (rec) OffloadOp{};
+  op->kind = OffloadOp::Kind::input;
+  op->port = static_cast<uint16_t>(hs.port);
+  op->frame = m;
+  if (rte_ring_sp_enqueue(dp_.ops[worker], op) != 0) {
+    free_op_record(dp_, op);
+    return drop();
+  }
+  ++hs.parked;
+  ++hs_counters_.parked;
+  c.handshake_parked.add();
+}
+
 void SlowPath::rst_reply(size_t p, rte_mbuf* m, uint64_t now) {
   if (net::tcp_rst_for_unknown_in_place(m, net::next_ip_id(ip_id_))) {
     counters(p).rst_sent.add();
@@ -297,7 +341,13 @@ bool SlowPath::handle_handshake(size_t p, rte_mbuf* m, uint64_t now) {
   const uint32_t ack = rte_be_to_cpu_32(th->recv_ack);
   const uint32_t seq = rte_be_to_cpu_32(th->sent_seq);
   if (hs.phase == Handshake::Phase::offloading) {
-    rte_pktmbuf_free(m);  // the engine takes over in a moment; the peer retransmits
+    // The engine takes the connection over: what the peer sends meanwhile
+    // (its first data, a FIN, a RST, a SYN-ACK again if our ACK was lost)
+    // is the engine's (hand_over). A SYN without ACK belongs to no
+    // handshake of ours: dropped as before (the peer retries after the
+    // entry is gone).
+    if ((flags & RTE_TCP_SYN_FLAG) && !(flags & RTE_TCP_ACK_FLAG)) rte_pktmbuf_free(m);
+    else hand_over(hs, m);
     return true;
   }
   if (hs.phase == Handshake::Phase::syn_received) {
@@ -325,7 +375,11 @@ bool SlowPath::handle_handshake(size_t p, rte_mbuf* m, uint64_t now) {
       rst_reply(p, m, now);
       return true;
     }
-    rte_pktmbuf_free(m);  // data on the final ACK is retransmitted to the engine
+    // RFC 9293 §3.10.7.4, SYN-RECEIVED, fifth check: the ACK is acceptable,
+    // ESTABLISHED, "continue processing": the segment's text and FIN (sixth
+    // to eighth checks) are the engine's, which gets the segment once it
+    // has the connection (hand_over). A pure ACK has told all it had.
+    const bool text_or_fin = tcp_payload_len(m) != 0 || (flags & RTE_TCP_FIN_FLAG);
     hs.peer_window = rte_be_to_cpu_16(th->rx_win);  // now scaled by the peer's shift
     OffloadState st = established(hs, now);
     st.delegated.snd_wnd = uint32_t{hs.peer_window} << st.constant.snd_wscale;
@@ -336,6 +390,8 @@ bool SlowPath::handle_handshake(size_t p, rte_mbuf* m, uint64_t now) {
     hs.expires = now + rte_get_tsc_hz();
     ++hs_counters_.established_passive;
     hs.listener->accept(st);
+    if (text_or_fin) hand_over(hs, m);
+    else rte_pktmbuf_free(m);
     return true;
   }
   // SYN-SENT (RFC 9293 §3.10.7.3): an ACK must acknowledge our SYN.
@@ -461,7 +517,9 @@ bool SlowPath::handle_listener(size_t p, rte_mbuf* m, uint64_t now) {
     }
     hs.iss = c;
     hs.peer_window = rte_be_to_cpu_16(th->rx_win);
-    rte_pktmbuf_free(m);
+    // As in SYN-RECEIVED: an ACK with text or a FIN completes the handshake
+    // and the engine gets the segment (RFC 9293 §3.10.7.4).
+    const bool text_or_fin = tcp_payload_len(m) != 0 || (flags & RTE_TCP_FIN_FLAG);
     OffloadState st = established(hs, now);
     st.delegated.snd_wnd = uint32_t{hs.peer_window} << st.constant.snd_wscale;
     st.delegated.max_snd_wnd = st.delegated.snd_wnd;
@@ -470,8 +528,11 @@ bool SlowPath::handle_listener(size_t p, rte_mbuf* m, uint64_t now) {
     auto entry = std::make_unique<Handshake>(hs);
     entry->phase = Handshake::Phase::offloading;
     entry->expires = now + rte_get_tsc_hz();
+    Handshake& ref = *entry;
     handshakes_[tuple_key(hs.remote_ip, hs.remote_port, hs.local_port)] = std::move(entry);
     l.accept(st);
+    if (text_or_fin) hand_over(ref, m);
+    else rte_pktmbuf_free(m);
     return true;
   }
   return false;  // anything else: RST for no connection

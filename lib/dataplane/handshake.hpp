@@ -24,6 +24,7 @@ struct SlowPath::Handshake {
   uint32_t iss = 0;
   uint32_t irs = 0;
   uint8_t tries = 0;
+  uint8_t parked = 0;        // offloading: segments passed to the engine (hand_over)
   uint64_t next_retry = 0;   // TSC
   uint64_t expires = 0;      // TSC, offloading: when the entry goes
   uint32_t ts_base = 0;      // our timestamp clock = ts_base + ms

@@ -9,10 +9,16 @@
 
 #include "chimney/target.hpp"
 
+struct rte_mbuf;
+
 namespace chimney::dataplane {
 
 struct OffloadOp {
-  enum class Kind : uint8_t { offload, send, receive, disconnect, terminate };
+  // input: a segment of a connection the slow path has just handed over,
+  // which reached the slow path before the engine had the connection
+  // (SlowPath::hand_over): on the ring behind the connection's offload, so
+  // the engine takes it after it has installed the TCB.
+  enum class Kind : uint8_t { offload, send, receive, disconnect, terminate, input };
   Kind kind;
   DisconnectKind disconnect_kind;
   uint16_t port;             // the engine: one per (worker, port)
@@ -20,6 +26,7 @@ struct OffloadOp {
   void* host_context;        // offload: the main side's record for the connection
   NetBufferList* nbl;        // send (a chain), receive (a chain), disconnect
   OffloadState* state;       // offload: owned by the main side until its note returns
+  rte_mbuf* frame;           // input: the classified segment (the worker owns it from here)
 };
 
 struct OffloadNote {

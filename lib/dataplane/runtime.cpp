@@ -139,8 +139,13 @@ void teardown_dataplane(Dataplane& dp) {
     for (rte_ring* r : *rings) {
       void* rec = nullptr;
       while (rte_ring_dequeue(r, &rec) == 0) {
-        if (rings == &dp.notes && static_cast<OffloadNote*>(rec)->heap) ::operator delete(rec);
-        else rte_mempool_put(dp.op_pool, rec);
+        if (rings == &dp.notes && static_cast<OffloadNote*>(rec)->heap) {
+          ::operator delete(rec);
+          continue;
+        }
+        if (rings == &dp.ops && static_cast<OffloadOp*>(rec)->kind == OffloadOp::Kind::input)
+          rte_pktmbuf_free(static_cast<OffloadOp*>(rec)->frame);  // a segment kept for the engine
+        rte_mempool_put(dp.op_pool, rec);
       }
       rte_ring_free(r);
     }

@@ -53,7 +53,13 @@ class SlowPath {
     uint64_t syn_sent = 0, synack_sent = 0, established_active = 0, established_passive = 0;
     uint64_t cookies_sent = 0, cookies_accepted = 0, cookies_rejected = 0, refused = 0, timeouts = 0;
     uint64_t challenge_acks = 0, challenge_acks_limited = 0;  // RFC 5961 §3.2 in SYN-RECEIVED, §7
+    // Segments kept for the engine while it takes a connection over
+    // (hand_over), and those dropped instead (over the bound, no ring room).
+    uint64_t parked = 0, parked_dropped = 0;
   };
+  // Segments a handshake entry passes to the engine at most while the
+  // connection is handed over (the rest are dropped and counted).
+  static constexpr uint8_t kParkedPerHandshake = 16;
   const HandshakeCounters& handshake_counters() const { return hs_counters_; }
   // The port whose prefix (or gateway) reaches `ip`; -1 when none does.
   int port_for(net::Ipv4Addr ip) const;
@@ -92,6 +98,7 @@ class SlowPath {
   void send_syn(Handshake& hs, uint64_t now);
   void send_synack(const Handshake& hs, uint32_t ts_val, uint64_t now);
   void challenge_ack(const Handshake& hs, uint64_t now);
+  void hand_over(Handshake& hs, rte_mbuf* m);
   OffloadState established(const Handshake& hs, uint64_t now) const;
   uint32_t ts_clock(const Handshake& hs, uint64_t now) const;
   void choose_iss(Handshake& hs, uint64_t now) const;

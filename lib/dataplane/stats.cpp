@@ -45,6 +45,9 @@ void add_totals(rte_tel_data* d, const CounterTotals& t) {
   rte_tel_data_add_dict_u64(d, "arp_requests", t.arp_requests);
   rte_tel_data_add_dict_u64(d, "icmp_echo_replies", t.icmp_echo_replies);
   rte_tel_data_add_dict_u64(d, "rst_sent", t.rst_sent);
+  rte_tel_data_add_dict_u64(d, "handshake_parked", t.handshake_parked);
+  rte_tel_data_add_dict_u64(d, "handshake_parked_delivered", t.handshake_parked_delivered);
+  rte_tel_data_add_dict_u64(d, "handshake_parked_dropped", t.handshake_parked_dropped);
   rte_tel_data* drops = rte_tel_data_alloc();
   rte_tel_data_start_dict(drops);
   for (size_t r = 0; r < net::kDropReasonCount; ++r)
@@ -204,12 +207,14 @@ void log_counters(const Dataplane& dp) {
   for (size_t p = 0; p < dp.ports.size(); ++p) {
     PortView v = port_view(dp, p);
     spdlog::info("port {} {} {}: rx {} pkts {} bytes, tx {} pkts {} bytes, to slow path {}, "
-                 "arp replies {} requests {}, echo replies {}, rst {}; device missed {} errors {} "
+                 "arp replies {} requests {}, echo replies {}, rst {}, handshake parked {} delivered {} dropped {}; "
+                 "device missed {} errors {} "
                  "nombuf {} tx errors {}; drops:{}",
                  p, v.port->device, v.port->config.address.str(), v.totals.rx_packets,
                  v.totals.rx_bytes, v.totals.tx_packets, v.totals.tx_bytes, v.totals.to_slowpath,
                  v.totals.arp_replies, v.totals.arp_requests, v.totals.icmp_echo_replies,
-                 v.totals.rst_sent, v.dev.imissed, v.dev.ierrors, v.dev.rx_nombuf, v.dev.oerrors,
+                 v.totals.rst_sent, v.totals.handshake_parked, v.totals.handshake_parked_delivered,
+                 v.totals.handshake_parked_dropped, v.dev.imissed, v.dev.ierrors, v.dev.rx_nombuf, v.dev.oerrors,
                  drops_line(v.totals));
   }
   for (size_t s = 0; s < dp.slots(); ++s) {

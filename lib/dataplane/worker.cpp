@@ -129,6 +129,16 @@ unsigned take_from_slowpath(const Dataplane& dp, rte_ring* ring, std::vector<TxQ
   return n;
 }
 
+void hand_over_input(tcp::Engine& engine, rte_mbuf* m, uint64_t now_us, Counters& c) {
+  rte_mbuf* unmatched = nullptr;
+  if (engine.input(&m, 1, now_us, &unmatched) == 0) {
+    c.handshake_parked_delivered.add();
+    return;
+  }
+  c.handshake_parked_dropped.add();
+  rte_pktmbuf_free(unmatched);
+}
+
 namespace {
 
 // The host as a worker sees it: every callback becomes an OffloadNote for
@@ -218,6 +228,7 @@ void apply(tcp::Engine& e, NoteHost& host, const OffloadOp& op) {
     case OffloadOp::Kind::receive: st = e.receive(op.handle, op.nbl); break;
     case OffloadOp::Kind::disconnect: st = e.disconnect(op.handle, op.nbl, op.disconnect_kind); break;
     case OffloadOp::Kind::terminate: st = e.terminate(op.handle); break;
+    case OffloadOp::Kind::input: return;  // worker_main: hand_over_input
   }
   if (st == Status::pending) return;
   // Refused at once (a handle already released): complete it here.
@@ -285,6 +296,7 @@ int worker_main(void* arg) {
   std::array<rte_mbuf*, 256> tcp{};
   std::array<rte_mbuf*, 256> slow{};
   std::array<void*, 64> ops{};
+  std::vector<bool> offloaded(dp.ports.size());  // an offload applied since the engine's last poll
   IdleBackoff idle(dp.cfg.idle_sleep_us);
   const uint64_t cycles_per_us = rte_get_tsc_hz() / 1'000'000 == 0 ? 1 : rte_get_tsc_hz() / 1'000'000;
   uint64_t next_publish_us = 0;
@@ -294,10 +306,29 @@ int worker_main(void* arg) {
     const uint64_t now_us = rte_get_tsc_cycles() / cycles_per_us;
     // Requests from the main lcore.
     const unsigned n_ops = rte_ring_sc_dequeue_burst(dp.ops[queue], ops.data(), ops.size(), nullptr);
-    for (unsigned i = 0; i < n_ops; ++i) {
-      auto* op = static_cast<OffloadOp*>(ops[i]);
-      apply(*engines[op->port], *hosts[op->port], *op);
-      free_op_record(dp, op);
+    if (n_ops != 0) {
+      for (unsigned i = 0; i < n_ops; ++i) {
+        auto* op = static_cast<OffloadOp*>(ops[i]);
+        tcp::Engine& e = *engines[op->port];
+        if (op->kind == OffloadOp::Kind::input) {
+          // A segment the slow path kept during the handover, behind its
+          // connection's offload: the offload completes to the host first
+          // (the engine's poll), then the engine takes the segment.
+          if (offloaded[op->port]) e.poll(now_us);
+          offloaded[op->port] = false;
+          hand_over_input(e, op->frame, now_us, dp.at(ctx.slot, op->port));
+        } else {
+          apply(e, *hosts[op->port], *op);
+          if (op->kind == OffloadOp::Kind::offload) offloaded[op->port] = true;
+        }
+        free_op_record(dp, op);
+      }
+      // New connections' completions go out before anything they receive
+      // (the host hears of a connection before its data).
+      for (size_t p = 0; p < dp.ports.size(); ++p) {
+        if (offloaded[p]) engines[p]->poll(now_us);
+        offloaded[p] = false;
+      }
     }
     work += n_ops;
     if (steer) work += steer->receive(now_us, ring);  // what other workers received for us
