@@ -89,7 +89,7 @@ def fault_run(chimneyd, tmp_path, profile, nconn, nbytes, port, deadline_s):
                 started = time.monotonic()
                 run_streams(t, conns, nbytes, final, chunk, 4, deadline_s)
                 elapsed = time.monotonic() - started
-                out, _ = linux.communicate(timeout=300)  # its last FIN may wait out a long RTO
+                out, _ = linux.communicate(timeout=600)  # its last FIN may wait out a long RTO
             except BaseException as e:
                 raise AssertionError(f"impairment {spec}, seed {seed} (replay: "
                                      f"CHIMNEY_IMPAIR_SEED={seed}): {e}\n"
@@ -121,13 +121,12 @@ def test_one_connection_both_ways(chimneyd, tmp_path, profile):
     fault_run(chimneyd, tmp_path, profile, 1, size(profile, 0), 7101, DEADLINE or 1800)
 
 
-# At 20% loss through 64 connections a run can still end with the Linux peer
-# done (every byte and both FINs of each of its sockets ACKed) while the host
-# waits on one connection (seen once in about ten runs after the fixes in
-# docs/TESTING.md; not understood yet): expected to fail, with a short deadline.
-@pytest.mark.parametrize("profile", [p if p != "loss20" else pytest.param(p, marks=pytest.mark.xfail(
-    strict=False, reason="a connection's host side sometimes never finishes at 20% loss through 64 connections"))
-    for p in PROFILES])
+# At 20% loss each way an exchange fails about 36% of the time, and a run of
+# failures on one connection backs its RTO off to the 60 s cap (RFC 6298
+# §5.5): with 64 connections, about one run in ten has a tail of several
+# minutes on one of them (docs/TESTING.md: a capture of one). The deadline
+# lets that tail finish; the rest of the run is a few minutes.
+@pytest.mark.parametrize("profile", list(PROFILES))
 def test_64_connections_both_ways(chimneyd, tmp_path, profile):
-    deadline = 300 if profile == "loss20" else 1800
+    deadline = 900 if profile == "loss20" else 1800
     fault_run(chimneyd, tmp_path, profile, 64, size(profile, 1), 7102, DEADLINE or deadline)
