@@ -655,7 +655,9 @@ void Server::handle(Session& s, const Message& m, int fd) {
               ", \"connect_refused\": " + std::to_string(hc.refused) +
               ", \"handshake_timeouts\": " + std::to_string(hc.timeouts) +
               ", \"handshake_challenge_acks\": " + std::to_string(hc.challenge_acks) +
-              ", \"handshake_challenge_acks_limited\": " + std::to_string(hc.challenge_acks_limited);
+              ", \"handshake_challenge_acks_limited\": " + std::to_string(hc.challenge_acks_limited) +
+              ", \"handshake_parked\": " + std::to_string(hc.parked) +
+              ", \"handshake_parked_dropped\": " + std::to_string(hc.parked_dropped);
       json += ", \"op_records_free\": " + std::to_string(rte_mempool_avail_count(dp_.op_pool));
       for (size_t w = 0; w < worker_conns_.size(); ++w)  // connections placed on each worker now
         json += ", \"worker" + std::to_string(w) + "_connections\": " + std::to_string(worker_conns_[w]);

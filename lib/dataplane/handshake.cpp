@@ -371,15 +371,34 @@ bool SlowPath::handle_handshake(size_t p, rte_mbuf* m, uint64_t now) {
       rte_pktmbuf_free(m);
       return true;
     }
-    if (!(flags & RTE_TCP_ACK_FLAG) || ack != hs.iss + 1 || seq != hs.irs + 1) {
+    // First check: the sequence number, against the window our SYN-ACK
+    // offered. Not acceptable: <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>, drop
+    // (rate-limited as a challenge ACK, RFC 5961 §7).
+    const uint32_t rcv_nxt = hs.irs + 1;
+    const uint32_t seg_len = tcp_payload_len(m) + ((flags & RTE_TCP_FIN_FLAG) ? 1 : 0);
+    const uint32_t wnd = hs.cached.initial_rcv_wnd;
+    const bool acceptable = seq - rcv_nxt < wnd || (seg_len != 0 && seq + seg_len - 1 - rcv_nxt < wnd);
+    // Fourth: a SYN with ACK here is answered the same way (RFC 5961 §4.2).
+    if (!acceptable || (flags & RTE_TCP_SYN_FLAG)) {
+      challenge_ack(hs, now);
+      rte_pktmbuf_free(m);
+      return true;
+    }
+    // Fifth: no ACK bit, drop; an ACK of something else than our SYN, RST.
+    if (!(flags & RTE_TCP_ACK_FLAG)) {
+      rte_pktmbuf_free(m);
+      return true;
+    }
+    if (ack != hs.iss + 1) {
       rst_reply(p, m, now);
       return true;
     }
-    // RFC 9293 §3.10.7.4, SYN-RECEIVED, fifth check: the ACK is acceptable,
-    // ESTABLISHED, "continue processing": the segment's text and FIN (sixth
-    // to eighth checks) are the engine's, which gets the segment once it
-    // has the connection (hand_over). A pure ACK has told all it had.
-    const bool text_or_fin = tcp_payload_len(m) != 0 || (flags & RTE_TCP_FIN_FLAG);
+    // The ACK is acceptable: ESTABLISHED, "continue processing". The
+    // segment's text and FIN (sixth to eighth checks) are the engine's,
+    // which gets the segment once it has the connection (hand_over); one
+    // beyond RCV.NXT (the peer's first segment lost) it keeps out of order.
+    // A pure ACK has told all it had.
+    const bool text_or_fin = seg_len != 0;
     hs.peer_window = rte_be_to_cpu_16(th->rx_win);  // now scaled by the peer's shift
     OffloadState st = established(hs, now);
     st.delegated.snd_wnd = uint32_t{hs.peer_window} << st.constant.snd_wscale;

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from attack import ACK, FIN, PSH, SYN, FakePeer, Flow, Wire, seq_add
+from attack import ACK, FIN, PSH, RST, SYN, FakePeer, Flow, Wire, seq_add
 from conftest import PYTHON
 
 import peer as stream_peer
@@ -236,6 +236,52 @@ def test_data_on_the_final_ack(fresh_target, fake_wire, fin):
     assert r.status == "NDIS_STATUS_SUCCESS" and r.data == data, r
     c = handover_counters(fresh_target)
     assert c == {"handshake_parked": 1, "handshake_parked_delivered": 1, "handshake_parked_dropped": 0}, c
+    st = t.stats()  # the slow path's own count, in the control protocol's STATS
+    assert (st["handshake_parked"], st["handshake_parked_dropped"]) == (1, 0), st
+    conn.terminate()
+
+
+def test_final_ack_out_of_window_then_ahead_of_rcv_nxt(fresh_target, fake_wire):
+    """RFC 9293 §3.10.7.4 in SYN-RECEIVED, first check: a segment outside
+    the window is answered with <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK> and
+    dropped, not reset, and the handshake stays. Fifth: an acceptable ACK
+    on a segment beyond RCV.NXT (the peer's first segment lost) completes
+    the handshake; the engine keeps the segment out of order, and the
+    missing one fills the hole: the host receives the bytes in order."""
+    t = fresh_target.target
+    t.listen(7304, backlog=4)
+    fake = FakePeer(fake_wire, "198.18.0.74", 41004, mac="02:00:c6:12:00:4a")
+    fake.flow = flow = Flow(fake_wire, 7304, fake.ip, fake.port, fake.mac)
+    fake_wire.send(flow.segment(seq=fake.iss, flags=SYN, win=65535,
+                                options=fake._options() + [("Timestamp", (fake.tsval(), 0))]))
+    synack = fake_wire.wait_for(flow.out, 3)
+    assert synack is not None and synack.flags == SYN | ACK, synack
+    ts = lambda: (fake.tsval(), synack.ts[0]) if synack.ts else None  # noqa: E731
+    rcv_nxt = seq_add(fake.iss, 1)
+    # An old segment (before RCV.NXT): an ACK, no RST.
+    mark = fake_wire.mark()
+    fake_wire.send(flow.segment(seq=seq_add(fake.iss, -2000), ack=seq_add(synack.seq, 1), flags=ACK,
+                                win=65535, ts=ts()))
+    reply = fake_wire.wait_for(lambda s: flow.out(s) and not s.flags & SYN, 2, mark)
+    assert reply is not None and reply.flags == ACK and reply.ack == rcv_nxt \
+        and reply.seq == seq_add(synack.seq, 1), fake_wire.since(mark, flow.out)
+    # The second half of the peer's first data, its first half lost.
+    data = stream_peer.stream(NBYTES)
+    half = NBYTES // 2
+    mark = fake_wire.mark()
+    fake_wire.send(flow.segment(seq=seq_add(rcv_nxt, half), ack=seq_add(synack.seq, 1), flags=ACK | PSH,
+                                win=65535, payload=data[half:], ts=ts()))
+    conn = t.accept(5)
+    assert (conn.remote_ip, conn.remote_port) == (fake.ip, fake.port)
+    dup = wait_ack_of(fake_wire, flow, rcv_nxt, mark)
+    assert dup is not None, f"no ACK of RCV.NXT for the segment beyond it: {fake_wire.since(mark, flow.out)}"
+    fake_wire.send(flow.segment(seq=rcv_nxt, ack=seq_add(synack.seq, 1), flags=ACK | PSH,
+                                win=65535, payload=data[:half], ts=ts()))
+    assert wait_ack_of(fake_wire, flow, seq_add(rcv_nxt, NBYTES), mark) is not None, \
+        fake_wire.since(mark, flow.out)
+    r = conn.post_receive(1 << 16).wait(10)
+    assert r.status == "NDIS_STATUS_SUCCESS" and r.data == data, r
+    assert not [s for s in fake_wire.since(0, flow.out) if s.flags & RST], "chimneyd reset the handshake"
     conn.terminate()
 
 
