@@ -123,6 +123,11 @@ class PeerEndpoint {
   PeerEndpoint& operator=(const PeerEndpoint&) = delete;
   // The poll loop, on the calling (EAL main) thread, until `stop` is set.
   void run(const std::atomic<bool>& stop);
+  // Before run(): from now on, when a connection's FIN arrives, the TSC
+  // taken just before the TX burst of that loop pass (the one that sends
+  // the ACK of the FIN) is stored, release, at by_remote_port[the
+  // connection's remote port] (65536 entries; nullptr: none).
+  void stamp_fin_acks(std::atomic<uint64_t>* by_remote_port);
   std::string ready_json() const;  // address, MAC, socket, services
   std::string exit_json() const;   // counters: frames, ARP, RST, drops, engine, connections
   std::string open_connections_json() const;  // each live connection's requests (diagnostics)
@@ -142,7 +147,9 @@ int run_peer_command(const PeerOptions& o);
 // `chimney-bench remote` (remote.cpp): the peer endpoint in this process,
 // and chimneyd driven through the C++ client (lib/client) over its control
 // socket: bulk goodput each way on one connection, 64 B request/response
-// over N connections.
+// over N connections, and churn (CONNECT, one 64 B request/response,
+// graceful disconnect, TERMINATE) with N cycling at once, with the latency
+// of its graceful disconnects.
 struct RemoteOptions {
   PeerOptions peer;
   std::string chimneyd;        // start this chimneyd (memif client of our socket); empty: use control_socket
@@ -151,8 +158,15 @@ struct RemoteOptions {
   std::string chimneyd_mac = "02:00:c6:12:00:02";
   std::vector<std::string> chimneyd_args;  // more chimneyd options (after the generated ones)
   std::vector<uint32_t> rr_connections{1, 100};
+  std::vector<uint32_t> churn_parallel{1, 64};  // connections cycling at once in the churn
   bool smoke = false;
 };
 void run_remote(const Options& o, const RemoteOptions& r, const std::vector<std::string>& only, Figures& f);
+// The references of the remote churn rows, for each N of `parallel`: the
+// in-process churn (churn_<N>_per_s, disc_latency_<N>_{p50,p90,p99,max}_us)
+// and the Linux one (linux_churn_<N>_per_s), as run_inproc and run_linux
+// measure them with --churn-parallel N.
+void run_churn_references(const Options& o, const std::vector<uint32_t>& parallel, bool inproc, bool linux_ref,
+                          Figures& f);
 
 }  // namespace chimney::bench

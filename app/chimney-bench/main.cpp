@@ -81,7 +81,8 @@ struct Row {
   double ref_const = 0;  // a fixed reference (the goal itself) when ref_key is empty
 };
 
-std::vector<Row> table_rows(const Options& o, const std::vector<uint32_t>& remote_rr) {
+std::vector<Row> table_rows(const Options& o, const RemoteOptions& remote) {
+  const std::vector<uint32_t>& remote_rr = remote.rr_connections;
   std::vector<Row> rows;
   if (o.remote) {
     // chimneyd over memif, each figure beside the in-process one and Linux's
@@ -96,6 +97,24 @@ std::vector<Row> table_rows(const Options& o, const std::vector<uint32_t>& remot
       const std::string label = "chimneyd over memif: req/resp 64 B, " + std::to_string(n) + " conn";
       rows.push_back({label, "trans/s", "remote_rr_" + k, "in-process", "rr_" + k, ""});
       rows.push_back({label, "trans/s", "remote_rr_" + k, "Linux veth", "linux_rr_" + k, ""});
+    }
+    for (uint32_t n : remote.churn_parallel) {
+      const std::string k = std::to_string(n);
+      const std::string label = "chimneyd over memif: churn, " + k + " in parallel";
+      rows.push_back({label, "conn/s", "remote_churn_" + k + "_per_s", "in-process", "churn_" + k + "_per_s", ""});
+      rows.push_back({label, "conn/s", "remote_churn_" + k + "_per_s", "Linux veth", "linux_churn_" + k + "_per_s", ""});
+      // (f) from outside: DISCONNECT posted -> completion, and the peer's
+      // ACK of our FIN sent -> completion; beside the in-process FIN-ACK
+      // arrival -> completion callback (Linux has no such figure here).
+      for (const auto& [what, text] : {std::pair<std::string, std::string>{"post", "post->done"},
+                                       {"ack", "peer ACK->done"}}) {
+        for (const char* p : {"p50", "p90", "p99", "max"})
+          rows.push_back({"chimneyd over memif: disc " + text + " " + p + ", N=" + k, "us",
+                          "remote_disc_" + what + "_" + k + "_" + p + "_us", "in-process FIN-ACK -> done",
+                          "disc_latency_" + k + "_" + p + "_us", ""});
+        rows.push_back({"  samples (disconnects done in the window)", "", "remote_disc_" + what + "_" + k + "_samples",
+                        "", "", ""});
+      }
     }
   }
   rows.push_back({"bulk goodput, 1 connection, one way", "Gbit/s", "bulk_1way_gbps", "Linux veth", "linux_bulk_1way_gbps", ">= 1"});
@@ -145,10 +164,10 @@ struct Printed {
   std::string label, unit, chimney, ref_label, ref, ratio, goal;
 };
 
-int report(const Options& o, const std::vector<uint32_t>& remote_rr, const Figures& f, const std::string& csv_path,
+int report(const Options& o, const RemoteOptions& remote, const Figures& f, const std::string& csv_path,
            const std::string& raw_path, bool smoke) {
   std::vector<Printed> out;
-  for (const Row& r : table_rows(o, remote_rr)) {
+  for (const Row& r : table_rows(o, remote)) {
     const Figure* c = f.get(r.key);
     const Figure* rk = r.ref_key.empty() ? nullptr : f.get(r.ref_key);
     if (c == nullptr && rk == nullptr) continue;
@@ -202,7 +221,7 @@ int report(const Options& o, const std::vector<uint32_t>& remote_rr, const Figur
   if (!csv_path.empty()) {
     std::ofstream csv(csv_path);
     csv << "figure,unit,chimney,reference,reference_value,ratio,goal\n";
-    for (const Row& r : table_rows(o, remote_rr)) {
+    for (const Row& r : table_rows(o, remote)) {
       const Figure* c = f.get(r.key);
       if (c == nullptr) continue;
       const Figure* rf = r.ref_key.empty() ? nullptr : f.get(r.ref_key);
@@ -268,7 +287,7 @@ int main(int argc, char** argv) {
   uint64_t memory_mb = 0;
   RemoteOptions remote;
   std::vector<std::string> listen_specs;
-  std::string remote_rr_list;
+  std::string remote_rr_list, remote_churn_list;
   bool no_references = false;
   po::options_description desc("chimney-bench <run|inproc|linux|wire|patterns|smoke|peer|remote> [options]");
   desc.add_options()
@@ -284,7 +303,8 @@ int main(int argc, char** argv) {
       ("linux-rr-connections", po::value(&linux_rr_list)->default_value("1,100,10000"), "... for the Linux reference")
       ("cost-connections", po::value(&cost_list)->default_value("1,1000,100000,1000000"), "connections open for the cost per segment")
       ("churn-parallel", po::value(&o.churn_parallel)->default_value(64), "connections cycling at once in the churn workload")
-      ("only", po::value(&only_list), "workloads to run: idle,bulk,rr,churn,cost,handoff,patterns (default all)")
+      ("only", po::value(&only_list),
+       "workloads to run: idle,bulk,rr,churn,cost,handoff,patterns (default all); remote: bulk,rr,churn (default all three)")
       ("cpu", po::value(&o.cpu)->default_value(1), "the core every measured process runs on")
       ("other-cpu", po::value(&o.other_cpu)->default_value(0), "testpmd's main lcore")
       ("memory", po::value(&memory_mb), "EAL memory in MiB (default from --connections)")
@@ -310,6 +330,8 @@ int main(int argc, char** argv) {
        "(e.g. --chimneyd-arg=--idle-sleep-us=0)")
       ("control-socket", po::value(&remote.control_socket), "remote: the control socket of a chimneyd already running")
       ("remote-rr-connections", po::value(&remote_rr_list)->default_value("1,100"), "remote: request/response connection counts")
+      ("remote-churn-parallel", po::value(&remote_churn_list)->default_value("1,64"),
+       "remote: churn, connections cycling at once (each also measured in-process and over Linux veth)")
       ("no-references", po::bool_switch(&no_references), "remote: skip the in-process and Linux figures");
   desc.add(peer_desc);
   po::positional_options_description pos;
@@ -343,6 +365,7 @@ int main(int argc, char** argv) {
       }
     }
     remote.rr_connections = parse_list(remote_rr_list);
+    remote.churn_parallel = parse_list(remote_churn_list);
   }
   if (command == "peer") {
     // The remote end of a chimneyd, until SIGINT/SIGTERM (tests/integration/devices.py).
@@ -374,6 +397,7 @@ int main(int argc, char** argv) {
     o.churn_parallel = 16;
     remote_rr_list = "1,100";
     remote.rr_connections = parse_list(remote_rr_list);
+    remote.churn_parallel = {1, o.churn_parallel};
   }
   o.remote = command == "remote" || (command == "smoke" && !remote.chimneyd.empty());
   if (o.remote && remote.peer.socket.empty()) remote.peer.socket = "/tmp/cbench-" + std::to_string(getpid()) + "-peer.sock";
@@ -382,12 +406,21 @@ int main(int argc, char** argv) {
     // workloads in-process and over Linux veth, with the same connection counts.
     rr_list = linux_rr_list = remote_rr_list;
     if (vm["connections"].defaulted()) o.connections = 16384;  // chimneyd's default table size per worker
-    if (only_list.empty()) only_list = "bulk,rr";
+    if (only_list.empty()) only_list = "bulk,rr,churn";
   }
   o.rr_connections = parse_list(rr_list);
   o.linux_rr_connections = parse_list(linux_rr_list);
   o.cost_connections = parse_list(cost_list);
   const std::vector<std::string> only = parse_words(only_list);
+  // remote: the churn's references run once per --remote-churn-parallel
+  // (run_churn_references), the other references as `only` says.
+  std::vector<std::string> ref_only = only;
+  bool remote_churn = false;
+  if (command == "remote") {
+    remote_churn = std::find(only.begin(), only.end(), "churn") != only.end();
+    ref_only.erase(std::remove(ref_only.begin(), ref_only.end(), "churn"), ref_only.end());
+  }
+  const bool general_refs = command != "remote" || !ref_only.empty();
   if (o.peer_path.empty()) o.peer_path = self_dir() + "/chimney-bench-peer";
   o.load_note = load_average();
   if (memory_mb == 0)
@@ -400,6 +433,7 @@ int main(int argc, char** argv) {
        (only.empty() || std::find(only.begin(), only.end(), "patterns") != only.end()));
   const bool inproc = command == "run" || command == "inproc" || command == "smoke" || (command == "remote" && references);
   const bool linux_ref = command == "run" || command == "linux" || command == "smoke" || (command == "remote" && references);
+  const bool churn_refs = command == "remote" && references && remote_churn;
   const bool wire = command == "run" || command == "wire" || command == "smoke";
   if (!inproc && !linux_ref && !wire && !patterns && !o.remote) {
     std::cerr << "unknown command " << command << "\n" << desc;
@@ -417,10 +451,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "rte_eal_init failed\n");
     return 1;
   }
-  if (inproc) {
+  if (inproc && general_refs) {
     f.set("load_inproc", 0, true, load_average());
     try {
-      run_inproc(o, only, f, latency);
+      run_inproc(o, ref_only, f, latency);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "inproc: %s\n", e.what());
       f.fail("inproc", e.what());
@@ -435,9 +469,13 @@ int main(int argc, char** argv) {
       f.fail("patterns", e.what());
     }
   }
-  if (linux_ref) {
+  if (linux_ref && general_refs) {
     f.set("load_linux", 0, true, load_average());
-    run_linux(o, only, f);
+    run_linux(o, ref_only, f);
+  }
+  if (churn_refs) {
+    f.set("load_churn_references", 0, true, load_average());
+    run_churn_references(o, remote.churn_parallel, inproc, linux_ref, f);
   }
   if (o.remote) {
     f.set("load_remote", 0, true, load_average());
@@ -473,7 +511,7 @@ int main(int argc, char** argv) {
       lat << latency[i] << ' ' << static_cast<double>(i + 1) / static_cast<double>(latency.size()) << '\n';
     if (!latency.empty()) lat << latency.back() << " 1\n";
   }
-  const int rc = report(o, remote.rr_connections, f, csv, raw_csv, command == "smoke");
+  const int rc = report(o, remote, f, csv, raw_csv, command == "smoke");
   if (eal) {
     const std::string runtime = rte_eal_get_runtime_dir();
     rte_eal_cleanup();

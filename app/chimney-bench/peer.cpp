@@ -17,7 +17,8 @@
 //           zero-copy from one static copy, `window` requests of `chunk`
 //           bytes outstanding, then FIN (bytes=0: until the other side's FIN)
 //   echo    posts `window` receives of `chunk` bytes and sends each one back
-//           as it completes (request/response); FIN after the other side's
+//           as it completes (request/response; data indicated while none is
+//           posted goes into a free one's buffer); FIN after the other side's
 // When a connection is released (terminate complete), one JSON line reports
 // it: bytes and sha256 each way, how it ended, the graceful disconnect's
 // status and bytes_transferred.
@@ -242,6 +243,11 @@ struct PeerEndpoint::Impl : public HostCallbacks {
   uint64_t closed = 0, failed = 0, refused = 0, accepted = 0;
   std::array<rte_mbuf*, 256> rx{}, tcp_frames{}, slow_frames{};
   bool built = false;
+  // stamp_fin_acks(): per remote port, the TSC of the TX flush that carried
+  // the ACK of that connection's FIN; fins_in holds the remote ports whose
+  // FIN arrived in this loop pass (reserved once: no allocation per packet).
+  std::atomic<uint64_t>* fin_ack_stamps = nullptr;
+  std::vector<uint16_t> fins_in;
 
   explicit Impl(const PeerOptions& o, FILE* out) : opts(o), report(out) {
     auto prefix = net::Ipv4Prefix::parse(o.address);
@@ -276,6 +282,7 @@ struct PeerEndpoint::Impl : public HostCallbacks {
     free_conns.reserve(o.max_connections);
     for (uint32_t i = o.max_connections; i-- > 0;) free_conns.push_back(i);
     dirty.reserve(o.max_connections);
+    fins_in.reserve(o.max_connections);
     CachedState cached;
     cached.initial_rcv_wnd = o.rcv_window;
     cached.nagle = false;  // request/response: answer at once
@@ -392,9 +399,27 @@ struct PeerEndpoint::Impl : public HostCallbacks {
   }
   IndicateResult receive_indicate(ConnectionHandle, void* ctx, const uint8_t* data, uint32_t len, bool) override {
     Conn& c = *static_cast<Conn*>(ctx);
-    // An echo answers from its posted receives only: what finds none stays
-    // buffered in the engine (C-10) until one is posted.
-    if (c.svc->kind == PeerService::Kind::echo) return {0};
+    if (c.svc->kind == PeerService::Kind::echo) {
+      // Data that finds no receive posted: the segments right behind the
+      // handshake, which the slow path hands to the engine before the
+      // offload has completed and the receives are posted. Taken into the
+      // next free slot as a posted receive would have been (a receive posted
+      // later over buffered data completes only at the push timer, C-9:
+      // 200 ms). With receives outstanding, or no free slot, it stays
+      // buffered (C-10) until one is posted.
+      if (c.recvs_out != 0 || c.peer_fin) return {0};
+      Slot& s = c.slots[c.cur_post];
+      if (s.state != Slot::State::idle) return {0};
+      const uint32_t n = std::min(len, c.chunk);
+      std::memcpy(s.buf, data, n);
+      c.received += n;
+      if (c.svc->hash) c.rx_sha.update(s.buf, n);
+      s.filled = n;
+      s.state = Slot::State::filled;
+      c.cur_post = (c.cur_post + 1) % c.window;
+      mark(c);
+      return {n};
+    }
     c.received += len;
     if (c.svc->hash) c.rx_sha.update(data, len);
     return {len};
@@ -413,7 +438,11 @@ struct PeerEndpoint::Impl : public HostCallbacks {
   void event(ConnectionHandle, void* ctx, EventKind k, RetrieveReason, uint32_t) override {
     Conn& c = *static_cast<Conn*>(ctx);
     switch (k) {
-      case EventKind::disconnect: c.peer_fin = true; break;
+      case EventKind::disconnect:
+        c.peer_fin = true;
+        // The FIN is in order (C-16): its ACK leaves in this pass's flush.
+        if (fin_ack_stamps != nullptr && fins_in.size() < fins_in.capacity()) fins_in.push_back(c.remote_port);
+        break;
       case EventKind::abort: c.aborted = true; break;
       case EventKind::retrieve: c.retrieve = true; break;
       case EventKind::send_backlog_change: return;
@@ -638,6 +667,14 @@ struct PeerEndpoint::Impl : public HostCallbacks {
         next_tick = tsc + hz / 10;
       }
       work += dpl::take_from_slowpath(dp, dp.from_slowpath[0], tx, slow_frames.data(), burst);
+      if (!fins_in.empty()) {
+        // Taken before the burst that sends the ACKs of these FINs (the
+        // engine ACKs a FIN at once, and nothing sent it yet: a TX queue
+        // bursts on its own only with 256 frames staged).
+        const uint64_t t = rte_get_tsc_cycles();
+        for (const uint16_t p : fins_in) fin_ack_stamps[p].store(t, std::memory_order_release);
+        fins_in.clear();
+      }
       for (auto& q : tx) q.flush();
       idle.update(work);
     }
@@ -647,6 +684,7 @@ struct PeerEndpoint::Impl : public HostCallbacks {
 PeerEndpoint::PeerEndpoint(const PeerOptions& o, FILE* report) : impl_(std::make_unique<Impl>(o, report)) {}
 PeerEndpoint::~PeerEndpoint() = default;
 void PeerEndpoint::run(const std::atomic<bool>& stop) { impl_->run(stop); }
+void PeerEndpoint::stamp_fin_acks(std::atomic<uint64_t>* by_remote_port) { impl_->fin_ack_stamps = by_remote_port; }
 uint64_t PeerEndpoint::connections_closed() const { return impl_->closed; }
 uint64_t PeerEndpoint::connections_failed() const { return impl_->failed; }
 

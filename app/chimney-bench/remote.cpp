@@ -12,6 +12,12 @@
 //   (b) 64 B request/response over N connections to the peer's echo: each
 //       connection has one message outstanding; a transaction counts when
 //       the whole answer reached the host and its request was ACKed
+//   (c) churn, N connections cycling at once: CONNECT to the echo, one 64 B
+//       request/response, graceful DISCONNECT, the echo's FIN, TERMINATE; a
+//       cycle counts when TERMINATE has returned
+//   (f) in (c), each graceful DISCONNECT's latency at the host: from posting
+//       it to its completion, and from the peer's TX burst that carried the
+//       ACK of our FIN (stamped by the peer, same TSC) to the completion
 //
 // The figures include everything between the host and the wire: the control
 // socket, chimneyd's main lcore and rings, its worker, memif, and the
@@ -22,6 +28,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <rte_cycles.h>
 #include <rte_eal.h>
 
 #include <algorithm>
@@ -35,6 +42,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 
 #include "bench.hpp"
@@ -80,16 +88,21 @@ std::string tail(const std::string& text, size_t lines) {
 class Host {
  public:
   Host(const std::string& socket, const Options& o) : o_(o), c_(cc::Client::connect_unix(socket, options())) {
-    c_.on_completion([this](const cc::Completion& done) { q_.push_back(done); });
+    // Each completion with the TSC of its arrival (when the client read and
+    // dispatched it, also inside a synchronous call).
+    c_.on_completion([this](const cc::Completion& done) { q_.emplace_back(done, rte_rdtsc()); });
   }
   cc::Client& client() { return c_; }
+  // The arrival TSC of the completion being handed out by pump().
+  uint64_t completion_tsc() const { return completion_tsc_; }
 
   // Reads what arrived (up to 2 ms) and hands each completion to `fn`.
   template <typename Fn>
   void pump(Fn&& fn) {
     c_.poll(std::chrono::milliseconds(2));
     while (!q_.empty()) {
-      cc::Completion done = std::move(q_.front());
+      cc::Completion done = std::move(q_.front().first);
+      completion_tsc_ = q_.front().second;
       q_.pop_front();
       fn(done);
     }
@@ -153,7 +166,8 @@ class Host {
   }
   const Options& o_;
   cc::Client c_;
-  std::deque<cc::Completion> q_;
+  std::deque<std::pair<cc::Completion, uint64_t>> q_;
+  uint64_t completion_tsc_ = 0;
 };
 
 constexpr uint32_t kPeerIp = 0xC6120001;  // 198.18.0.1 (PeerOptions' default address)
@@ -419,6 +433,206 @@ Result request_response(Host& host, const Options& o, uint32_t n) {
   return {w.rate(), why.empty() && w.rate() > 0, why.empty() ? first : why};
 }
 
+// Percentiles of latency samples (µs), picked as the in-process figures are:
+// the sample at index p·n of the sorted list.
+struct Percentiles {
+  double p50 = 0, p90 = 0, p99 = 0, max = 0;
+  size_t n = 0;
+};
+Percentiles percentiles(std::vector<double> v) {
+  Percentiles p;
+  p.n = v.size();
+  if (v.empty()) return p;
+  std::sort(v.begin(), v.end());
+  auto at = [&](double q) { return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())))]; };
+  p.p50 = at(0.50);
+  p.p90 = at(0.90);
+  p.p99 = at(0.99);
+  p.max = v.back();
+  return p;
+}
+
+// Every latency sample of one churn run, in µs, with the counts behind them.
+struct ChurnResult {
+  Result rate;                 // connection cycles per second
+  std::vector<double> post;    // DISCONNECT posted -> its completion at the host
+  std::vector<double> ack;     // the peer's TX burst with the ACK of our FIN -> the completion
+  uint64_t unmatched = 0;      // window samples without a peer stamp inside [posted, completed]
+};
+
+// (c) and (f): n slots cycling. A slot's cycle: CONNECT to the echo
+// (synchronous: lib/client has no asynchronous CONNECT, so the host waits
+// for each handshake and offload, dispatching the other slots' completions
+// meanwhile), a RECEIVE of 64 B and a zero-copy SEND of 64 B, then, once the
+// answer is in and the SEND has completed, a graceful DISCONNECT; once it
+// has completed and the echo's FIN has come (the DISCONNECT event),
+// TERMINATE (synchronous too) and the next cycle. `stamps` is the peer's
+// stamp_fin_acks array, indexed by chimneyd's local port, which TERMINATE's
+// state names.
+ChurnResult churn(Host& host, const Options& o, uint32_t n, const std::atomic<uint64_t>* stamps) {
+  cc::Client& c = host.client();
+  constexpr uint32_t kMsg = 64;
+  const double us_per_tsc = 1e6 / static_cast<double>(rte_get_tsc_hz());
+  struct Slot {
+    cc::Buffer msg;
+    uint32_t h = 0;
+    bool live = false, sent = false, disc_done = false, fin = false, in_window = false;
+    uint32_t got = 0;
+    cc::Request send = 0, recv = 0, disc = 0;
+    uint64_t disc_posted = 0, disc_completed = 0;
+  };
+  std::vector<Slot> slots(n);
+  std::unordered_map<cc::Request, uint32_t> by_request;
+  std::unordered_map<uint32_t, uint32_t> by_handle;
+  CachedState cached;
+  cached.nagle = false;
+  for (uint32_t i = 0; i < n; ++i) {
+    auto b = c.alloc(kMsg);
+    if (!b) throw std::runtime_error("region full");
+    std::memset(b->bytes.data(), static_cast<int>('a' + i % 26), kMsg);
+    slots[i].msg = *b;
+  }
+  ChurnResult res;
+  uint64_t cycles = 0;
+  bool stopping = false;
+  std::string why;
+  std::vector<uint32_t> to_terminate;
+  Host::Window w = host.window();
+
+  auto open = [&](uint32_t i) {
+    Slot& k = slots[i];
+    k.h = c.connect(kPeerIp, kEchoPort, 0, cached);
+    k.live = true;
+    k.sent = k.disc_done = k.fin = k.in_window = false;
+    k.got = 0;
+    k.disc = 0;
+    by_handle[k.h] = i;
+    k.recv = c.receive(k.h, kMsg);
+    by_request[k.recv] = i;
+    k.send = c.send_region(k.h, k.msg.offset, kMsg);
+    by_request[k.send] = i;
+  };
+  auto ready = [&](uint32_t i) {
+    Slot& k = slots[i];
+    if (k.disc_done && k.fin) to_terminate.push_back(i);
+  };
+  auto maybe_disconnect = [&](uint32_t i) {
+    Slot& k = slots[i];
+    if (!k.sent || k.got < kMsg || k.disc != 0) return;
+    k.disc_posted = rte_rdtsc();
+    k.disc = c.disconnect(k.h, true);
+    by_request[k.disc] = i;
+  };
+  auto on = [&](cc::Completion& x) {
+    auto it = by_request.find(x.request);
+    if (it == by_request.end()) return;
+    const uint32_t i = it->second;
+    by_request.erase(it);
+    Slot& k = slots[i];
+    if (x.request == k.send) {
+      k.send = 0;
+      k.sent = true;
+      if (!x.ok() && why.empty()) why = std::string("send ") + chimney::to_string(x.status);
+      maybe_disconnect(i);
+    } else if (x.request == k.recv) {
+      c.release(x.request);
+      k.recv = 0;
+      if (!x.ok()) {
+        if (why.empty()) why = std::string("receive ") + chimney::to_string(x.status) + " before the whole answer";
+        return;
+      }
+      k.got += static_cast<uint32_t>(x.bytes_transferred);
+      if (k.got < kMsg) {
+        k.recv = c.receive(k.h, kMsg - k.got);
+        by_request[k.recv] = i;
+      }
+      maybe_disconnect(i);
+    } else if (x.request == k.disc) {
+      k.disc_completed = host.completion_tsc();
+      k.disc_done = true;
+      k.in_window = w.open && !w.closed;
+      if (!x.ok() && why.empty()) why = std::string("disconnect ") + chimney::to_string(x.status);
+      ready(i);
+    }
+  };
+  // Events: the echo's FIN (DISCONNECT) ends a slot's wait; anything that
+  // ends a connection otherwise is a failure.
+  auto events = [&] {
+    while (c.pending_events() != 0) {
+      const auto ev = c.next_event();
+      if (!ev) break;
+      auto it = by_handle.find(ev->handle);
+      if (it == by_handle.end()) continue;
+      if (ev->kind == control::WireEvent::disconnect) {
+        slots[it->second].fin = true;
+        ready(it->second);
+      } else if (ev->kind == control::WireEvent::abort || ev->kind == control::WireEvent::retrieve) {
+        if (why.empty()) why = std::string("event ") + cc::to_string(ev->kind) + " in a churn cycle";
+      }
+    }
+  };
+  auto finish = [&](uint32_t i) {
+    Slot& k = slots[i];
+    events();  // what was read before TERMINATE's reply belongs to this connection
+    const cc::Terminated t = c.terminate(k.h);
+    by_handle.erase(k.h);
+    k.live = false;
+    events();  // (its events read during the call go with the handle)
+    ++cycles;
+    if (k.in_window) {
+      res.post.push_back(static_cast<double>(k.disc_completed - k.disc_posted) * us_per_tsc);
+      const uint64_t at = stamps != nullptr ? stamps[t.state.constant.local_port].load(std::memory_order_acquire) : 0;
+      if (at > k.disc_posted && at <= k.disc_completed)
+        res.ack.push_back(static_cast<double>(k.disc_completed - at) * us_per_tsc);
+      else
+        ++res.unmatched;
+    }
+  };
+  auto state = [&] {  // for a stall: the first slots as the host sees them
+    std::string out = "cycles " + std::to_string(cycles) + ";";
+    for (uint32_t i = 0; i < n && i < 8; ++i) {
+      const Slot& k = slots[i];
+      out += " [slot " + std::to_string(i) + ": live " + std::to_string(k.live) + ", sent " + std::to_string(k.sent) +
+             ", answer bytes " + std::to_string(k.got) + ", disconnect posted " + std::to_string(k.disc != 0) +
+             ", done " + std::to_string(k.disc_done) + ", peer FIN " + std::to_string(k.fin) + "]";
+    }
+    return out;
+  };
+  try {
+    for (uint32_t i = 0; i < n; ++i) open(i);
+    host.pump_until(on, [&] {
+      events();
+      while (!to_terminate.empty()) {
+        const uint32_t i = to_terminate.back();
+        to_terminate.pop_back();
+        finish(i);
+        if (!stopping && why.empty()) open(i);
+      }
+      if (w.feed(cycles, o.seconds, cycles >= n)) stopping = true;
+      if (!why.empty()) return true;
+      if (!stopping) return false;
+      for (const Slot& k : slots)
+        if (k.live) return false;
+      return true;
+    }, o.warmup + o.seconds + 60, "churn");
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string(e.what()) + ": " + state());
+  }
+  for (Slot& k : slots) {
+    if (k.live) {
+      try {
+        c.terminate(k.h);  // after a failure: upload what is left
+      } catch (const std::exception&) {
+      }
+    }
+    c.free(k.msg);
+  }
+  char note[160];
+  std::snprintf(note, sizeof note, "cycles at the host (TERMINATE returned); %zu disconnects in the window", res.post.size());
+  res.rate = {w.rate(), why.empty() && w.rate() > 0, why.empty() ? note : why};
+  return res;
+}
+
 // chimneyd, started here as the memif client of our socket.
 struct Chimneyd {
   pid_t pid = -1;
@@ -515,6 +729,10 @@ void run_remote(const Options& o, const RemoteOptions& r_in, const std::vector<s
   CPU_SET(o.other_cpu, &peer_cpu);
   pthread_setaffinity_np(pthread_self(), sizeof peer_cpu, &peer_cpu);
 
+  // The peer's stamps of the ACKs of our FINs (churn), by chimneyd's port.
+  const auto stamps = std::make_unique<std::atomic<uint64_t>[]>(65536);
+  peer->stamp_fin_acks(stamps.get());
+
   std::atomic<bool> stop_peer{false};
   std::vector<std::pair<std::string, Result>> results;
   std::string failure;
@@ -534,6 +752,28 @@ void run_remote(const Options& o, const RemoteOptions& r_in, const std::vector<s
         for (uint32_t n : r.rr_connections) {
           progress("request/response 64 B, " + std::to_string(n) + " connections");
           results.emplace_back("remote_rr_64_" + std::to_string(n), request_response(host, o, n));
+        }
+      if (wanted(only, "churn"))
+        for (uint32_t n : r.churn_parallel) {
+          progress("churn, " + std::to_string(n) + " in parallel");
+          const std::string k = std::to_string(n);
+          ChurnResult c = churn(host, o, n, stamps.get());
+          results.emplace_back("remote_churn_" + k + "_per_s", c.rate);
+          const bool ok = c.rate.ok && !c.post.empty();
+          for (const auto& [what, samples, note] :
+               {std::tuple<std::string, const std::vector<double>*, std::string>{
+                    "post", &c.post, "DISCONNECT posted -> completion at the host"},
+                {"ack", &c.ack, "the peer's ACK of our FIN sent -> completion at the host; " +
+                                    std::to_string(c.unmatched) + " disconnects without a stamp"}}) {
+            const Percentiles p = percentiles(*samples);
+            const std::string key = "remote_disc_" + what + "_" + k;
+            const bool have = ok && p.n != 0;
+            results.emplace_back(key + "_p50_us", Result{p.p50, have, note});
+            results.emplace_back(key + "_p90_us", Result{p.p90, have, note});
+            results.emplace_back(key + "_p99_us", Result{p.p99, have, note});
+            results.emplace_back(key + "_max_us", Result{p.max, have, note});
+            results.emplace_back(key + "_samples", Result{static_cast<double>(p.n), have, note});
+          }
         }
     } catch (const std::exception& e) {
       failure = e.what();
@@ -569,6 +809,37 @@ void run_remote(const Options& o, const RemoteOptions& r_in, const std::vector<s
   if (!failure.empty()) std::fprintf(stderr, "[remote] the peer's open connections: %s\n", peer->open_connections_json().c_str());
   chimneyd.reset();  // chimneyd stops before our end of the memif goes
   peer.reset();
+}
+
+void run_churn_references(const Options& o, const std::vector<uint32_t>& parallel, bool inproc, bool linux_ref,
+                          Figures& f) {
+  for (uint32_t n : parallel) {
+    Options on = o;
+    on.churn_parallel = n;
+    const std::string k = std::to_string(n);
+    Figures g;
+    if (inproc) {
+      std::vector<double> lat;
+      try {
+        run_inproc(on, {"churn"}, g, lat);
+      } catch (const std::exception& e) {
+        g.fail("churn_per_s", e.what());
+      }
+      if (const Figure* x = g.get("churn_per_s")) f.set("churn_" + k + "_per_s", x->value, x->ok, x->note);
+      const Percentiles p = percentiles(lat);
+      const bool ok = p.n != 0;
+      const std::string note = "in-process: FIN-ACK at A's input -> A's disconnect_complete; " + std::to_string(p.n) + " samples";
+      f.set("disc_latency_" + k + "_p50_us", p.p50, ok, note);
+      f.set("disc_latency_" + k + "_p90_us", p.p90, ok, note);
+      f.set("disc_latency_" + k + "_p99_us", p.p99, ok, note);
+      f.set("disc_latency_" + k + "_max_us", p.max, ok, note);
+    }
+    if (linux_ref) {
+      run_linux(on, {"churn"}, g);
+      if (const Figure* x = g.get("linux_churn_per_s")) f.set("linux_churn_" + k + "_per_s", x->value, x->ok, x->note);
+      else if (const Figure* s = g.get("linux_setup")) f.set("linux_churn_" + k + "_per_s", 0, false, s->note);
+    }
+  }
 }
 
 }  // namespace chimney::bench
