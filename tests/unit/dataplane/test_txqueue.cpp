@@ -4,6 +4,7 @@
 // rte_rings (net_ring) whose TX ring the test fills and empties.
 #include <gtest/gtest.h>
 
+#include <rte_cycles.h>
 #include <rte_eth_ring.h>
 #include <rte_ethdev.h>
 #include <rte_mbuf.h>
@@ -103,6 +104,33 @@ TEST_F(TxQueueTest, APushOntoAWholeRefusedStagingAreaIsDroppedAndCounted) {
   while (q.flush() != 0) take(next);
   take(next);
   EXPECT_EQ(next, total - 5) << "the frames kept are the first ones, in order";
+}
+
+TEST_F(TxQueueTest, WhatTheQueueRefusesForAMillisecondIsDropped) {
+  // A link that is down takes nothing: the frames must not hold their
+  // memory (a send's, through attached buffers) for ever.
+  const unsigned before = rte_mempool_avail_count(pool);
+  for (uint32_t i = 0; i < 40; ++i) q.push(frame(i));
+  EXPECT_EQ(q.flush(), 40 - kRing);
+  EXPECT_EQ(q.flush(), 40 - kRing) << "the ring is still full: kept for now";
+  rte_delay_us_block(2 * TxQueue::kRefusedForUs);
+  EXPECT_EQ(q.flush(), 0u) << "refused for longer than kRefusedForUs: dropped";
+  EXPECT_EQ(tx_full(), 40u - kRing);
+  uint32_t next = 0;
+  EXPECT_EQ(take(next), kRing);
+  EXPECT_EQ(rte_mempool_avail_count(pool), before);
+}
+
+TEST_F(TxQueueTest, AQueueThatTakesSomeIsNotGivenUpOn) {
+  for (uint32_t i = 0; i < 100; ++i) q.push(frame(i));
+  uint32_t next = 0;
+  while (q.flush() != 0) {
+    rte_delay_us_block(TxQueue::kRefusedForUs / 2);
+    take(next);  // the consumer is slow, but it takes
+  }
+  take(next);
+  EXPECT_EQ(next, 100u);
+  EXPECT_EQ(tx_full(), 0u);
 }
 
 TEST_F(TxQueueTest, DiscardFreesWhatIsStaged) {
