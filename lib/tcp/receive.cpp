@@ -140,10 +140,10 @@ void Engine::process_data(Tcb& c, rte_mbuf* m, uint32_t seq, uint32_t len, bool 
   if (len != 0) {
     c.rcv.nxt += len;
     ++c.rcv.unacked_segs;
+    if (psh) c.flags.push_seen = true;  // drain_buffered delivers up to it promptly
     queue_append(c.rx_buffered, m);
     if (had_ooo) ooo_pull(c);
     drain_buffered(c);
-    if (psh) complete_filled_receives(c, /*push=*/true);
   }
   // RFC 5681 §4.2: ACK at once when a hole is filled.
   if (had_ooo) c.flags.ack_now = true;
@@ -219,6 +219,13 @@ void Engine::drain_buffered(Tcb& c) {
       c.flags.indicate_blocked = true;  // until the host posts a receive
       break;
     }
+  }
+  // RFC 9293 §3.9.1 (PUSH): once the data up to a PSH is all in the host's
+  // receives (or taken by indication), the partly filled receive completes
+  // now, also when it was posted after that data arrived.
+  if (c.flags.push_seen && c.rx_buffered.bytes == 0) {
+    c.flags.push_seen = false;
+    complete_filled_receives(c, /*push=*/true);
   }
   // A partly filled receive in push mode completes on the push timer. A
   // closed connection has no timers (and its FIN came after this data):

@@ -625,6 +625,35 @@ TEST_F(Contract, C19_TimeWaitReleasesTheStateAndAnswersForTwoMsl) {
   EXPECT_EQ(unmatched_count, 1) << "after 2·MSL the slow path answers";
 }
 
+TEST_F(Contract, C9_AReceivePostedAfterPushedDataCompletesAtOnce) {
+  // RFC 9293 §3.9.1: data up to a PSH is delivered promptly. Data that
+  // arrived with PSH before any receive was posted (the host took nothing
+  // indicated) fills the receive posted later, which completes at once, not
+  // on the push timer. Without PSH the partly filled receive waits for it.
+  offload_default();
+  host.accept = [](uint32_t) { return 0u; };
+  peer(5000, 1000, ACK, "abc");          // no PSH
+  peer(5003, 1000, ACK | PSH, "defgh");  // the push point
+  drain();
+  auto r = Request::buffer(100);
+  ASSERT_EQ(engine->receive(h, &r->nbl), Status::pending);
+  engine->poll(now_us);
+  const auto got = host.of(HR::receive);
+  ASSERT_EQ(got.size(), 1u) << "completed at once";
+  EXPECT_EQ(got[0].status, Status::success);
+  EXPECT_EQ(r->filled(), "abcdefgh");
+  // Data without PSH: a receive posted afterwards is filled and waits.
+  peer(5008, 1000, ACK, "ij");
+  drain();
+  auto r2 = Request::buffer(100);
+  ASSERT_EQ(engine->receive(h, &r2->nbl), Status::pending);
+  engine->poll(now_us);
+  EXPECT_EQ(host.of(HR::receive).size(), 1u) << "no push point: the push timer decides";
+  advance(250);
+  ASSERT_EQ(host.of(HR::receive).size(), 2u);
+  EXPECT_EQ(r2->filled(), "ij");
+}
+
 TEST_F(Contract, C9_C20_AReceivePostedAfterTheCloseTakesTheBufferedDataAtOnce) {
   // Data the host left buffered (C-10) outlives the close (C-20). A push-mode
   // receive posted in TIME_WAIT is filled with it and completes at once (the
