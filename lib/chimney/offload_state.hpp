@@ -90,6 +90,10 @@ struct DelegatedState {
   // Send data not yet acknowledged, in order, starting at snd_una (C-3): its
   // requests continue on the target and complete there.
   NetBufferList* send_data = nullptr;
+  // Bytes of inherited send data the host posts as SENDs after the offload,
+  // behind send_data (the control protocol's OFFLOAD carries no buffers). In
+  // FIN_WAIT_1, CLOSING and LAST_ACK the inherited FIN goes after them.
+  uint32_t send_data_to_follow = 0;
   // Received and not yet delivered, starting at rcv_nxt minus its length.
   std::vector<uint8_t> receive_data;
 };

@@ -192,7 +192,9 @@ class Client {
   uint32_t connect(uint32_t ip, uint16_t port, uint16_t local_port = 0, const CachedState& cached = {},
                    std::optional<Timeout> timeout = {});
   // OFFLOAD an established connection (C-1). Inherited send data goes
-  // afterwards with send()/send_region(), in order, before any other send.
+  // afterwards with send()/send_region(), in order, before any other send;
+  // state.delegated.send_data_to_follow says how many bytes (in FIN_WAIT_1,
+  // CLOSING and LAST_ACK the inherited FIN goes after them).
   uint32_t offload(const OffloadState& state, std::span<const uint8_t> receive_data = {},
                    std::optional<Timeout> timeout = {});
   // Uploads the connection (C-21). Requests handed back complete (returned);

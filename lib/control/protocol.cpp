@@ -170,6 +170,7 @@ void put_body(Writer& w, const Body& body) {
           put_cached(w, b.cached);
         } else if constexpr (std::is_same_v<T, Offload>) {
           put_offload_state(w, b.state);
+          w.u32(b.state.delegated.send_data_to_follow);
           w.u32(static_cast<uint32_t>(b.receive_data.size()));
           w.bytes(b.receive_data.data(), b.receive_data.size());
         } else if constexpr (std::is_same_v<T, Send>) {
@@ -246,7 +247,7 @@ size_t body_size(const Body& body) {
   return std::visit(
       [](const auto& b) -> size_t {
         using T = std::decay_t<decltype(b)>;
-        if constexpr (std::is_same_v<T, Offload>) return kOffloadStateSize + 4 + b.receive_data.size();
+        if constexpr (std::is_same_v<T, Offload>) return kOffloadStateSize + 8 + b.receive_data.size();
         else if constexpr (std::is_same_v<T, TerminateComplete>)
           return 8 + kOffloadStateSize + 4 + 16 * b.sends.size() + 4 + b.receive_data.size();
         else if constexpr (std::is_same_v<T, StatsReply>) return b.json.size();
@@ -504,9 +505,10 @@ std::optional<Body> decode_body(MsgType type, std::span<const uint8_t> body, std
       }
       break;
     case MsgType::offload:
-      if (c.body_at_least(n, kOffloadStateSize + 4)) {
+      if (c.body_at_least(n, kOffloadStateSize + 8)) {
         Offload m;
         m.state = get_offload_state(r, c);
+        m.state.delegated.send_data_to_follow = r.u32();
         const uint32_t len = r.u32();
         if (len != r.remaining()) {
           c.fail("n is %u but %zu bytes of receive data follow", len, r.remaining());

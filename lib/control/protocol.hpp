@@ -83,7 +83,9 @@ struct RegisterMemory { uint64_t size = 0; };
 struct UnregisterMemory { uint32_t region = 0; };
 struct Connect { uint32_t remote_ip = 0; uint16_t remote_port = 0; uint16_t local_port = 0; CachedState cached; };
 struct Listen { uint16_t port = 0; uint16_t backlog = 0; CachedState cached; };
-struct Offload { OffloadState state; std::vector<uint8_t> receive_data; };  // state.delegated.send_data unused
+// state.delegated.send_data is not on the wire: send_data_to_follow says how
+// many bytes of inherited send data follow as SENDs (C-3).
+struct Offload { OffloadState state; std::vector<uint8_t> receive_data; };
 struct Send { uint32_t handle = 0; BufferRef buf; };
 struct Receive { uint32_t handle = 0; BufferRef buf; uint32_t flags = 0; };
 struct Disconnect { uint32_t handle = 0; uint32_t kind = 0; BufferRef buf; };

@@ -552,7 +552,7 @@ void Server::handle(Session& s, const Message& m, int fd) {
       Conn* conn = new_conn(s, static_cast<uint16_t>(port));
       conn->offload_tag = tag;
       OffloadState st = o.state;
-      st.delegated.send_data = nullptr;  // inherited sends come as SENDs
+      st.delegated.send_data = nullptr;  // inherited sends come as SENDs (send_data_to_follow bytes)
       st.delegated.receive_data = o.receive_data;
       start_offload(*conn, st);
       return;

@@ -253,7 +253,12 @@ void Engine::initiate_offload(const OffloadState& s, void* host_context, Connect
     c.send_tail = n;
   }
   c.snd.queued_end = seq;
-  if (fin_state(d.state)) {
+  if (fin_state(d.state) && d.send_data_to_follow != 0) {
+    // C-3: the host posts the rest of the inherited data as SENDs; the
+    // inherited FIN is queued once they reach it (send()).
+    c.flags.fin_after_inherited = true;
+    c.inherited_end = seq + d.send_data_to_follow;
+  } else if (fin_state(d.state)) {
     c.flags.fin_queued = true;
     c.snd.queued_end += 1;
   }
@@ -304,6 +309,13 @@ Status Engine::send(ConnectionHandle h, NetBufferList* chain) {
   if (c.flags.terminating) refuse = Status::upload_in_progress;
   else if (c.flags.aborted || c.flags.closed) refuse = Status::request_aborted;
   else if (c.flags.fin_queued) refuse = Status::invalid_state;
+  else if (c.flags.fin_after_inherited) {
+    // C-3, C-7: the inherited data announced at the offload, nothing beyond
+    // its FIN.
+    uint64_t len = 0;
+    for (const NetBufferList* n = chain; n != nullptr; n = n->next) len += n->data_length();
+    if (len > c.inherited_end - c.snd.queued_end) refuse = Status::invalid_state;
+  }
   if (refuse == Status::request_aborted && c.flags.abort_deferred) {
     // C-6 FIFO: behind the sends whose aborted completions wait for the NIC.
     for (NetBufferList* n = chain; n != nullptr; n = n->next) {
@@ -336,6 +348,11 @@ Status Engine::send(ConnectionHandle h, NetBufferList* chain) {
   if (c.send_tail != nullptr) c.send_tail->next = chain;
   else c.send_head = chain;
   c.send_tail = last;
+  if (c.flags.fin_after_inherited && c.snd.queued_end == c.inherited_end) {
+    c.flags.fin_after_inherited = false;  // the inherited FIN follows the last inherited byte
+    c.flags.fin_queued = true;
+    c.snd.queued_end += 1;
+  }
   if (c.cursor_nbl == nullptr) {
     // The cursor had run off the end of the queue: it resumes at the new data.
     c.cursor_nbl = chain;

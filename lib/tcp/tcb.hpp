@@ -98,6 +98,7 @@ struct alignas(RTE_CACHE_LINE_SIZE) Tcb {
     bool tlp_retrans : 1;      // ... and it was a retransmission (§7.4: it may have repaired a loss)
     bool abort_deferred : 1;   // aborted; completions wait until no mbuf holds send memory (DESIGN.md buffers)
     bool abort_event : 1;      // ... and then an ABORT event is raised (C-17)
+    bool fin_after_inherited : 1;  // FIN state offloaded with sends to follow: the FIN waits for fin_seq's data (C-3)
   } flags;
 
   // ---------------- cache line 1: receiver, RTT ------------------------------
@@ -140,6 +141,7 @@ struct alignas(RTE_CACHE_LINE_SIZE) Tcb {
   uint32_t rxt_mark;           // snd.max when the hole at snd.una was last retransmitted
   uint32_t last_ooo_seq;       // first SACK block reports the latest arrival (RFC 2018 §4)
   uint32_t tlp_end_seq;        // RFC 8985 TLP.end_seq: snd.max when the probe went out
+  uint32_t inherited_end;      // fin_after_inherited: where the inherited data ends and the FIN goes
   NetBufferList* recv_head;    // posted receives (C-9)
   NetBufferList* recv_tail;
   ByteQueue rx_buffered;       // in order, not yet delivered (C-10)

@@ -88,7 +88,7 @@ GOLDEN_MESSAGES = {
     "send": Message(MsgType.SEND, 42, Send(0x11223344, BufferRef(2, 0x100002000, 1460))),
     "receive": Message(MsgType.RECEIVE, 43, Receive(0x11223344, BufferRef(2, 0x4000, 65536), p.RECEIVE_NO_PUSH)),
     "disconnect": Message(MsgType.DISCONNECT, 7, Disconnect(5, 1, BufferRef(3, 16, 0))),
-    "offload": Message(MsgType.OFFLOAD, 1, Offload(golden_offload_state(), b"abc")),
+    "offload": Message(MsgType.OFFLOAD, 1, Offload(golden_offload_state(), b"abc", 0x200)),
     "offload_complete": Message(MsgType.OFFLOAD_COMPLETE, 9, OffloadComplete(0xC0231004, 0)),
     "receive_complete": Message(MsgType.RECEIVE_COMPLETE, 0x1122334455667788,
                                 Completion(3, 0xC023000C, 0x100000000)),
@@ -181,7 +181,7 @@ def test_golden_decode(name):
 
 def test_offload_state_is_136_bytes():
     assert p.OFFLOAD_STATE_SIZE == 136
-    assert len(encode(Message(MsgType.OFFLOAD, 0, Offload()))) == 16 + 136 + 4
+    assert len(encode(Message(MsgType.OFFLOAD, 0, Offload()))) == 16 + 136 + 4 + 4
     assert len(encode(Message(MsgType.TERMINATE_COMPLETE, 0, TerminateComplete()))) == 16 + 8 + 136 + 4 + 4
 
 
@@ -224,7 +224,7 @@ def test_type_comes_from_the_body_except_for_completions():
 
 
 def test_largest_and_oversized_messages():
-    data = bytes(p.MAX_MESSAGE - 16 - 136 - 4)
+    data = bytes(p.MAX_MESSAGE - 16 - 136 - 8)
     b = encode(Message(MsgType.OFFLOAD, 1, Offload(OffloadState(), data)))
     assert len(b) == p.MAX_MESSAGE
     assert decode(b).body.receive_data == data
@@ -288,7 +288,7 @@ def test_error_texts_name_the_type_and_sizes():
     b = encode(Message(MsgType.STATS, 1, Stats())) + b"\0"
     assert decode_error(fix_length(b)) == "STATS: body is 1 bytes, expected 0"
     b = encode(Message(MsgType.OFFLOAD, 1, Offload()))
-    assert decode_error(fix_length(b[:-1])) == "OFFLOAD: body is 139 bytes, expected at least 140"
+    assert decode_error(fix_length(b[:-1])) == "OFFLOAD: body is 143 bytes, expected at least 144"
     b = encode(Message(MsgType.ERROR, 1, Error()))
     assert decode_error(fix_length(b[:-1])) == "ERROR: body is 3 bytes, expected at least 4"
 
@@ -309,7 +309,7 @@ def put_u32(b: bytes, at: int, v: int) -> bytes:
 
 def test_offload_count_must_match_the_rest():
     b = encode(Message(MsgType.OFFLOAD, 1, Offload(OffloadState(), b"\1\2\3")))
-    at = 16 + 136
+    at = 16 + 136 + 4  # after send_data_to_follow
     assert decode_error(put_u32(b, at, 4)) == "OFFLOAD: n is 4 but 3 bytes of receive data follow"
     assert decode_error(put_u32(b, at, 2)) == "OFFLOAD: n is 2 but 3 bytes of receive data follow"
     assert decode_error(put_u32(b, at, 0xFFFFFFFF)) == \

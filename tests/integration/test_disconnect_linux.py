@@ -665,17 +665,15 @@ def test_terminate_during_pending_disconnect(target, wire, opened, state_at):
     assert not s.fins_from_target and s.bytes_from_target == tx.acked(), s
 
 
-@pytest.mark.xfail(strict=True, reason="OFFLOAD carries no send data (docs/CONTROL_PROTOCOL.md: inherited sends "
-                   "follow as SENDs): in FIN_WAIT_1/LAST_ACK the engine queues the inherited FIN at snd_una and "
-                   "refuses the SENDs that follow (fin_queued): the peer gets its EOF after the bytes ACKed before the "
-                   "upload, the rest is lost")
 @pytest.mark.parametrize("state_at", ["FIN_WAIT_1", "LAST_ACK"])
 def test_offload_again_in_a_fin_state_with_unsent_data(target, wire, opened, state_at):
     """C-1..C-3 after C-21: a connection uploaded in FIN_WAIT_1 or LAST_ACK
     with its data and FIN still queued is offloaded again with that data (the
     sends' unACKed bytes, then the disconnect's final data) as inherited send
     data; the Linux reader must then get one unbroken stream, one EOF after
-    the last byte, and our FIN at one sequence number."""
+    the last byte, and our FIN at one sequence number. OFFLOAD says how many
+    bytes follow as SENDs (send_data_to_follow): the inherited FIN waits for
+    them."""
     o = opened("active", "--no-read")
     t, conn, linux = o.t, o.conn, o.linux
     state, c, tx, final = terminate_with_disconnect_pending(t, conn, linux, state_at)

@@ -726,13 +726,14 @@ class Target:
         chimney::OffloadState (see offload_state_from_dict), with inherited
         receive data under 'receive_data' and inherited send data under
         'send_data' (bytes), which is SENT as soon as the offload completes
-        (conn.inherited_send is that request)."""
+        (conn.inherited_send is that request; OFFLOAD announces its length,
+        so that in a FIN state the inherited FIN goes after it)."""
         s, receive_data, send_data = offload_state_from_dict(state)
         if len(send_data) > self.region_available():
             raise RegionFull(len(send_data), self.region_size)
         k = s.constant
         conn = Connection(self, 0, _ip_to_str(k.remote_ip), k.remote_port, _ip_to_str(k.local_ip), k.local_port)
-        conn = self._offload_call(p.Offload(s, receive_data), conn, timeout, "OFFLOAD")
+        conn = self._offload_call(p.Offload(s, receive_data, len(send_data)), conn, timeout, "OFFLOAD")
         if send_data:
             try:
                 conn.inherited_send = conn.send(send_data)

@@ -269,6 +269,9 @@ class Listen:
 class Offload:
     state: OffloadState = field(default_factory=OffloadState)
     receive_data: bytes = b""
+    # C-3: bytes of inherited send data the host posts as SENDs after the
+    # offload; in FIN_WAIT_1, CLOSING and LAST_ACK the inherited FIN follows them.
+    send_data_to_follow: int = 0
 
 
 @dataclass
@@ -489,7 +492,7 @@ def _body_bytes(body) -> bytes:
         return _pack("<HH", body.port, body.backlog) + _cached_bytes(body.cached)
     if t is Offload:
         data = bytes(body.receive_data)
-        return _offload_state_bytes(body.state) + _pack("<I", len(data)) + data
+        return _offload_state_bytes(body.state) + _pack("<II", body.send_data_to_follow, len(data)) + data
     if t is Send:
         return _pack("<I", body.handle) + _buffer_bytes(body.buf)
     if t is Receive:
@@ -670,15 +673,15 @@ def _decode_body(mtype: MsgType, body: bytes, c: _Check):
         port, backlog = struct.unpack_from("<HH", body)
         return Listen(port, backlog, _get_cached(body, 4, c, "cached"))
     if mtype == T.OFFLOAD:
-        if not c.body_at_least(n, OFFLOAD_STATE_SIZE + 4):
+        if not c.body_at_least(n, OFFLOAD_STATE_SIZE + 8):
             return None
         state = _get_offload_state(body, 0, c)
-        (length,) = struct.unpack_from("<I", body, OFFLOAD_STATE_SIZE)
-        rest = n - OFFLOAD_STATE_SIZE - 4
+        to_follow, length = struct.unpack_from("<II", body, OFFLOAD_STATE_SIZE)
+        rest = n - OFFLOAD_STATE_SIZE - 8
         if length != rest:
             c.fail(f"n is {length} but {rest} bytes of receive data follow")
             return None
-        return Offload(state, bytes(body[OFFLOAD_STATE_SIZE + 4:]))
+        return Offload(state, bytes(body[OFFLOAD_STATE_SIZE + 8:]), to_follow)
     if mtype == T.SEND:
         if not c.body_is(n, 20):
             return None

@@ -74,7 +74,8 @@ std::string describe(const Message& m) {
         else if constexpr (std::is_same_v<T, Listen>)
           o << "listen " << b.port << " backlog=" << b.backlog << describe(b.cached);
         else if constexpr (std::is_same_v<T, Offload>)
-          o << "offload " << describe(b.state) << " data=" << hex(b.receive_data);
+          o << "offload " << describe(b.state) << " to_follow=" << b.state.delegated.send_data_to_follow
+            << " data=" << hex(b.receive_data);
         else if constexpr (std::is_same_v<T, Send>) o << "send " << b.handle << describe(b.buf);
         else if constexpr (std::is_same_v<T, Receive>) o << "receive " << b.handle << describe(b.buf) << " f=" << b.flags;
         else if constexpr (std::is_same_v<T, Disconnect>)
@@ -235,7 +236,9 @@ std::map<std::string, Message> golden_messages() {
   g["send"] = msg(MsgType::send, 42, Send{0x11223344, {2, 0x100002000, 1460}});
   g["receive"] = msg(MsgType::receive, 43, Receive{0x11223344, {2, 0x4000, 65536}, kReceiveNoPush});
   g["disconnect"] = msg(MsgType::disconnect, 7, Disconnect{5, 1, {3, 16, 0}});
-  g["offload"] = msg(MsgType::offload, 1, Offload{golden_offload_state(), {'a', 'b', 'c'}});
+  OffloadState offload_state = golden_offload_state();
+  offload_state.delegated.send_data_to_follow = 0x200;  // 512 bytes of inherited send data follow as SENDs
+  g["offload"] = msg(MsgType::offload, 1, Offload{offload_state, {'a', 'b', 'c'}});
   g["offload_complete"] = msg(MsgType::offload_complete, 9, OffloadComplete{Status::offload_tcp_entries, 0});
   g["receive_complete"] =
       msg(MsgType::receive_complete, 0x1122334455667788, Completion{3, Status::request_aborted, 0x100000000});
@@ -344,8 +347,8 @@ TEST(ProtocolGolden, DecodeGivesTheMessages) {
 
 TEST(ProtocolGolden, OffloadStateIs136Bytes) {
   // The spec's fields add up to 134 bytes; they are padded to 136 (see
-  // protocol.cpp): an OFFLOAD with no receive data is 16 + 136 + 4 bytes.
-  EXPECT_EQ(encoded(msg(MsgType::offload, 0, Offload{})).size(), 156u);
+  // protocol.cpp): an OFFLOAD with no receive data is 16 + 136 + 4 + 4 bytes.
+  EXPECT_EQ(encoded(msg(MsgType::offload, 0, Offload{})).size(), 160u);
   EXPECT_EQ(encoded(msg(MsgType::terminate_complete, 0, TerminateComplete{})).size(), 16u + 8 + 136 + 4 + 4);
 }
 
@@ -409,7 +412,7 @@ TEST(ProtocolRoundTrip, EncodeAppends) {
 TEST(ProtocolRoundTrip, LargestMessages) {
   // OFFLOAD's receive data may fill a message to exactly kMaxMessage bytes.
   Offload o;
-  o.receive_data.assign(kMaxMessage - kHeaderSize - 136 - 4, 0x5A);
+  o.receive_data.assign(kMaxMessage - kHeaderSize - 136 - 8, 0x5A);
   Bytes out;
   ASSERT_TRUE(encode(msg(MsgType::offload, 1, o), out));
   EXPECT_EQ(out.size(), kMaxMessage);
@@ -427,7 +430,7 @@ TEST(ProtocolRoundTrip, LargestMessages) {
 TEST(ProtocolEncode, RefusesOversizedMessagesLeavingOutUntouched) {
   Bytes out = {1, 2, 3};
   Offload o;
-  o.receive_data.assign(kMaxMessage - kHeaderSize - 136 - 4 + 1, 0);
+  o.receive_data.assign(kMaxMessage - kHeaderSize - 136 - 8 + 1, 0);
   EXPECT_FALSE(encode(msg(MsgType::offload, 1, o), out));
   EXPECT_FALSE(encode(msg(MsgType::stats_reply, 1, StatsReply{std::string(kMaxMessage, '{')}), out));
   EXPECT_FALSE(encode(msg(MsgType::error, 1, Error{1, std::string(kMaxMessage - kHeaderSize - 3, 'x')}), out));
@@ -520,7 +523,7 @@ TEST(ProtocolTruncation, ErrorsNameTheTypeAndSizes) {
   EXPECT_EQ(decode_error(with_length_fixed(b)), "STATS: body is 1 bytes, expected 0");
   b = encoded(msg(MsgType::offload, 1, Offload{}));
   b.resize(b.size() - 1);
-  EXPECT_EQ(decode_error(with_length_fixed(b)), "OFFLOAD: body is 139 bytes, expected at least 140");
+  EXPECT_EQ(decode_error(with_length_fixed(b)), "OFFLOAD: body is 143 bytes, expected at least 144");
   b = encoded(msg(MsgType::error, 1, Error{}));
   b.resize(b.size() - 1);
   EXPECT_EQ(decode_error(with_length_fixed(b)), "ERROR: body is 3 bytes, expected at least 4");
@@ -548,7 +551,7 @@ TEST(ProtocolTruncation, EveryFixedBodyMustMatchExactly) {
 
 TEST(ProtocolVariable, OffloadCountMustMatchTheRest) {
   Bytes b = encoded(msg(MsgType::offload, 1, Offload{OffloadState{}, {1, 2, 3}}));
-  const size_t n_at = kHeaderSize + 136;
+  const size_t n_at = kHeaderSize + 136 + 4;  // after send_data_to_follow
   put_u32(b, n_at, 4);
   EXPECT_EQ(decode_error(b), "OFFLOAD: n is 4 but 3 bytes of receive data follow");
   put_u32(b, n_at, 2);

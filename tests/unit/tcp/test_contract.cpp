@@ -112,6 +112,39 @@ TEST_F(Contract, C3_InheritedSendDataStartsAtSndUna) {
   EXPECT_EQ(inherited->advanced(), 2000u);
 }
 
+TEST_F(Contract, C3_InFinWait1TheInheritedFinFollowsTheSendsThatFollowTheOffload) {
+  // Offloaded again in FIN_WAIT_1 with 1500 bytes and the FIN unACKed: 500
+  // come with the offload, 1000 follow as SENDs (the control protocol's
+  // OFFLOAD says how many). The FIN goes after the last of them, at 2500;
+  // a SEND beyond them is refused (C-7), and the FIN's ACK ends in FIN_WAIT_2.
+  OffloadState s = default_state(flow);
+  s.delegated.state = TcpState::fin_wait_1;
+  s.delegated.snd_una = s.delegated.snd_nxt = s.delegated.snd_max = 1000;
+  auto first = Request::with(std::string(500, 'a'));
+  s.delegated.send_data = &first->nbl;
+  s.delegated.send_data_to_follow = 1000;
+  h = offload(s);
+  std::vector<Seg> segs = drain();
+  ASSERT_EQ(segs.size(), 1u);
+  EXPECT_EQ(segs[0].seq, 1000u);
+  EXPECT_EQ(segs[0].payload, std::string(500, 'a'));
+  EXPECT_FALSE(segs[0].has(FIN)) << "not before the data that follows";
+  auto rest = Request::with(std::string(1000, 'b'));
+  ASSERT_EQ(engine->send(h, &rest->nbl), Status::pending);
+  segs = drain();
+  ASSERT_FALSE(segs.empty());
+  EXPECT_EQ(segs.back().seq + segs.back().payload.size(), 2500u);
+  EXPECT_TRUE(segs.back().has(FIN)) << "the FIN right after the last inherited byte";
+  auto beyond = Request::with("x");
+  engine->send(h, &beyond->nbl);
+  auto sends = host.of(HR::send);
+  ASSERT_EQ(sends.size(), 1u);
+  EXPECT_EQ(sends[0].status, Status::invalid_state) << "nothing after the FIN";
+  peer(5000, 2501, ACK);
+  EXPECT_EQ(tcb().state, TcpState::fin_wait_2);
+  EXPECT_EQ(host.of(HR::send).size(), 3u) << "both inherited sends complete";
+}
+
 TEST_F(Contract, C3_InheritedReceiveDataIsDeliveredFirst) {
   OffloadState s = default_state(flow);
   s.delegated.receive_data = {'o', 'l', 'd'};
