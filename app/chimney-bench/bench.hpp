@@ -95,6 +95,8 @@ const char* to_string(PeerService::Kind k);
 std::optional<PeerService> parse_peer_service(const std::string& spec, std::string& error);
 
 struct PeerOptions {
+  std::string device = "memif";        // memif | tap (net_tap0 on the kernel interface `tap_iface`)
+  std::string tap_iface = "chimney-peer0";  // tap: the kernel interface's name
   std::string socket;                  // memif control socket (abstract unless memif_devargs say otherwise)
   std::string role = "server";         // memif role; chimneyd takes the other
   std::string address = "198.18.0.1/24";  // ours, and the on-link prefix (198.18.0.0/15 only)
@@ -106,7 +108,7 @@ struct PeerOptions {
   unsigned idle_sleep_us = 0;          // sleep after 1000 idle polls (0: spin)
   unsigned mbufs = 16383;
 };
-// The EAL --vdev of the peer's memif port (net_memif0).
+// The EAL --vdev of the peer's port (net_memif0, or net_tap0 with device "tap").
 std::string peer_vdev(const PeerOptions& o);
 // The default services: 7001 sink, 7002 source (4 MiB), 7003 echo.
 std::vector<PeerService> default_peer_services();
@@ -151,7 +153,7 @@ int run_peer_command(const PeerOptions& o);
 // graceful disconnect, TERMINATE) with N cycling at once, with the latency
 // of its graceful disconnects.
 struct RemoteOptions {
-  PeerOptions peer;
+  PeerOptions peer;            // peer.device: memif (default) or tap
   std::string chimneyd;        // start this chimneyd (memif client of our socket); empty: use control_socket
   std::string control_socket;  // of a chimneyd already running
   std::string chimneyd_address = "198.18.0.2/24";
@@ -160,8 +162,54 @@ struct RemoteOptions {
   std::vector<uint32_t> rr_connections{1, 100};
   std::vector<uint32_t> churn_parallel{1, 64};  // connections cycling at once in the churn
   bool smoke = false;
+  std::string netns;           // tap: the namespace of the bridge (TapNetwork), chimneyd runs in it
+  std::string chimneyd_tap_iface = "chimneyd0";  // tap: chimneyd's kernel interface
 };
-void run_remote(const Options& o, const RemoteOptions& r, const std::vector<std::string>& only, Figures& f);
+// The figures' key prefix and the table's label prefix of a device.
+std::string remote_key_prefix(const std::string& device);    // "remote_" (memif), "remote_tap_"
+std::string remote_label_prefix(const std::string& device);  // "chimneyd over memif: ", "... over TAP: "
+
+// `--device tap`: a network namespace (chimney-bench-<pid>) with a bridge
+// br0 that joins the peer's TAP and chimneyd's. The peer's TAP is made in
+// it by running rte_eal_init between enter() and leave() (the net_tap probe
+// creates the interface in the calling thread's namespace); chimneyd runs
+// in it under `ip netns exec`. The destructor deletes the namespace (also
+// at exit and on SIGINT/SIGTERM); throws std::runtime_error when a step fails.
+class TapNetwork {
+ public:
+  TapNetwork();
+  ~TapNetwork();
+  TapNetwork(const TapNetwork&) = delete;
+  TapNetwork& operator=(const TapNetwork&) = delete;
+  const std::string& name() const { return name_; }
+  void enter();  // this thread into the namespace
+  void leave();  // back to the namespace it was in
+  // The interface (made by a net_tap port, in the namespace) on the bridge
+  // and up; its kernel MAC set to `kernel_mac`, which must differ from the
+  // DPDK port's (the bridge keeps its ports' own MACs for itself).
+  void attach(const std::string& iface, const std::string& kernel_mac);
+
+ private:
+  std::string name_;
+  int home_ = -1;  // the namespace this thread was in
+};
+
+// The namespaces this process makes (the Linux reference's, the TAP one):
+// tracked ones are deleted at exit and on SIGINT/SIGTERM (reference.cpp;
+// the handler then dies of the signal);
+// untrack_namespace deletes one now and forgets it.
+void track_namespace(const std::string& ns);
+void untrack_namespace(const std::string& ns);
+// A directory removed on SIGINT/SIGTERM (and at exit) unless untracked
+// first: EAL runtime directories (ours, chimneyd's), chimneyd's temp dir.
+void track_dir(const std::string& path);
+void untrack_dir(const std::string& path);
+int run_command_quiet(const std::string& cmd);  // sh -c, output discarded; the exit status
+
+// `tap`: the run's TapNetwork when r.peer.device is "tap" (the peer's EAL
+// was initialised inside it), else nullptr.
+void run_remote(const Options& o, const RemoteOptions& r, const std::vector<std::string>& only, Figures& f,
+                TapNetwork* tap = nullptr);
 // The references of the remote churn rows, for each N of `parallel`: the
 // in-process churn (churn_<N>_per_s, disc_latency_<N>_{p50,p90,p99,max}_us)
 // and the Linux one (linux_churn_<N>_per_s), as run_inproc and run_linux

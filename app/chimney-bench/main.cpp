@@ -9,8 +9,9 @@
 //   chimney-bench smoke               every workload briefly; non-zero if one moved nothing
 //                                     (with --chimneyd: the remote workloads too)
 //   chimney-bench peer    [options]   the remote end of a real chimneyd over memif, until SIGTERM
-//   chimney-bench remote  [options]   a real chimneyd over memif driven through lib/client,
-//                                     beside the in-process and Linux figures
+//   chimney-bench remote  [options]   a real chimneyd over memif (--device tap: over two TAPs
+//                                     and a bridge) driven through lib/client, beside the
+//                                     in-process and Linux figures
 #include <filesystem>
 #include <sched.h>
 #include <unistd.h>
@@ -85,34 +86,36 @@ std::vector<Row> table_rows(const Options& o, const RemoteOptions& remote) {
   const std::vector<uint32_t>& remote_rr = remote.rr_connections;
   std::vector<Row> rows;
   if (o.remote) {
-    // chimneyd over memif, each figure beside the in-process one and Linux's
-    for (const auto& [dir, key] : {std::pair<std::string, std::string>{"host -> peer", "remote_bulk_tx_gbps"},
-                                   {"peer -> host", "remote_bulk_rx_gbps"}}) {
-      const std::string label = "chimneyd over memif: bulk, 1 conn, " + dir;
+    // chimneyd over memif (or TAP), each figure beside the in-process one and Linux's
+    const std::string kp = remote_key_prefix(remote.peer.device);
+    const std::string lp = remote_label_prefix(remote.peer.device);
+    for (const auto& [dir, key] : {std::pair<std::string, std::string>{"host -> peer", kp + "bulk_tx_gbps"},
+                                   {"peer -> host", kp + "bulk_rx_gbps"}}) {
+      const std::string label = lp + "bulk, 1 conn, " + dir;
       rows.push_back({label, "Gbit/s", key, "in-process one way", "bulk_1way_gbps", ""});
       rows.push_back({label, "Gbit/s", key, "Linux veth one way", "linux_bulk_1way_gbps", ""});
     }
     for (uint32_t n : remote_rr) {
       const std::string k = "64_" + std::to_string(n);
-      const std::string label = "chimneyd over memif: req/resp 64 B, " + std::to_string(n) + " conn";
-      rows.push_back({label, "trans/s", "remote_rr_" + k, "in-process", "rr_" + k, ""});
-      rows.push_back({label, "trans/s", "remote_rr_" + k, "Linux veth", "linux_rr_" + k, ""});
+      const std::string label = lp + "req/resp 64 B, " + std::to_string(n) + " conn";
+      rows.push_back({label, "trans/s", kp + "rr_" + k, "in-process", "rr_" + k, ""});
+      rows.push_back({label, "trans/s", kp + "rr_" + k, "Linux veth", "linux_rr_" + k, ""});
     }
     for (uint32_t n : remote.churn_parallel) {
       const std::string k = std::to_string(n);
-      const std::string label = "chimneyd over memif: churn, " + k + " in parallel";
-      rows.push_back({label, "conn/s", "remote_churn_" + k + "_per_s", "in-process", "churn_" + k + "_per_s", ""});
-      rows.push_back({label, "conn/s", "remote_churn_" + k + "_per_s", "Linux veth", "linux_churn_" + k + "_per_s", ""});
+      const std::string label = lp + "churn, " + k + " in parallel";
+      rows.push_back({label, "conn/s", kp + "churn_" + k + "_per_s", "in-process", "churn_" + k + "_per_s", ""});
+      rows.push_back({label, "conn/s", kp + "churn_" + k + "_per_s", "Linux veth", "linux_churn_" + k + "_per_s", ""});
       // (f) from outside: DISCONNECT posted -> completion, and the peer's
       // ACK of our FIN sent -> completion; beside the in-process FIN-ACK
       // arrival -> completion callback (Linux has no such figure here).
       for (const auto& [what, text] : {std::pair<std::string, std::string>{"post", "post->done"},
                                        {"ack", "peer ACK->done"}}) {
         for (const char* p : {"p50", "p90", "p99", "max"})
-          rows.push_back({"chimneyd over memif: disc " + text + " " + p + ", N=" + k, "us",
-                          "remote_disc_" + what + "_" + k + "_" + p + "_us", "in-process FIN-ACK -> done",
+          rows.push_back({lp + "disc " + text + " " + p + ", N=" + k, "us",
+                          kp + "disc_" + what + "_" + k + "_" + p + "_us", "in-process FIN-ACK -> done",
                           "disc_latency_" + k + "_" + p + "_us", ""});
-        rows.push_back({"  samples (disconnects done in the window)", "", "remote_disc_" + what + "_" + k + "_samples",
+        rows.push_back({"  samples (disconnects done in the window)", "", kp + "disc_" + what + "_" + k + "_samples",
                         "", "", ""});
       }
     }
@@ -310,8 +313,13 @@ int main(int argc, char** argv) {
       ("memory", po::value(&memory_mb), "EAL memory in MiB (default from --connections)")
       ("peer", po::value(&o.peer_path), "chimney-bench-peer (default: next to this program)")
       ("testpmd", po::value(&o.testpmd)->default_value("dpdk-testpmd"), "dpdk-testpmd");
-  po::options_description peer_desc("peer and remote (a chimneyd over memif)");
+  po::options_description peer_desc("peer and remote (a chimneyd over memif or TAP)");
   peer_desc.add_options()
+      ("device", po::value(&remote.peer.device)->default_value("memif"),
+       "memif | tap. remote/smoke with tap: both ends on net_tap ports joined by a bridge in a network namespace "
+       "made for the run (chimney-bench-<pid>), chimneyd started in it (needs --chimneyd)")
+      ("tap-iface", po::value(&remote.peer.tap_iface)->default_value("chimney-peer0"),
+       "the peer's TAP interface (--device tap)")
       ("socket", po::value(&remote.peer.socket), "memif control socket (peer: /run/chimney/memif.sock; remote: a private one)")
       ("role", po::value(&remote.peer.role)->default_value("server"), "the peer's memif role (chimneyd takes the other)")
       ("address", po::value(&remote.peer.address)->default_value("198.18.0.1/24"), "the peer's address/prefix (198.18.0.0/15 only)")
@@ -381,6 +389,14 @@ int main(int argc, char** argv) {
     std::filesystem::remove_all(runtime, ignored);
     return rc;
   }
+  if (remote.peer.device != "memif" && remote.peer.device != "tap") {
+    std::cerr << "--device must be memif or tap\n";
+    return 2;
+  }
+  if (command == "remote" && remote.peer.device == "tap" && remote.chimneyd.empty()) {
+    std::cerr << "remote --device tap needs --chimneyd PATH (it is started in the run's namespace)\n";
+    return 2;
+  }
   if (command == "remote" && remote.chimneyd.empty() && remote.control_socket.empty()) {
     std::cerr << "remote needs --chimneyd PATH (start one) or --control-socket PATH (one already running)\n";
     return 2;
@@ -446,11 +462,27 @@ int main(int argc, char** argv) {
     eal_extra.push_back("--vdev=" + peer_vdev(remote.peer));
     memory_mb += 256;  // the peer's port, engine and slow path
   }
+  // --device tap: the run's namespace and bridge; our TAP (the peer's port)
+  // is made in it by the EAL's probe, so rte_eal_init runs inside it.
+  std::unique_ptr<TapNetwork> tap;
+  if (o.remote && remote.peer.device == "tap") {
+    try {
+      tap = std::make_unique<TapNetwork>();
+      remote.netns = tap->name();
+      tap->enter();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      return 1;
+    }
+  }
   const bool eal = inproc || patterns || o.remote;
-  if (eal && !init_eal(o, memory_mb, eal_extra)) {
+  const bool eal_up = !eal || init_eal(o, memory_mb, eal_extra);
+  if (tap) tap->leave();
+  if (!eal_up) {
     std::fprintf(stderr, "rte_eal_init failed\n");
     return 1;
   }
+  if (eal) track_dir(rte_eal_get_runtime_dir());  // removed on SIGINT/SIGTERM too
   if (inproc && general_refs) {
     f.set("load_inproc", 0, true, load_average());
     try {
@@ -479,7 +511,7 @@ int main(int argc, char** argv) {
   }
   if (o.remote) {
     f.set("load_remote", 0, true, load_average());
-    run_remote(o, remote, command == "smoke" ? std::vector<std::string>{} : only, f);
+    run_remote(o, remote, command == "smoke" ? std::vector<std::string>{} : only, f, tap.get());
   }
   if (wire && (only.empty() || std::find(only.begin(), only.end(), "wire") != only.end() || command == "wire")) {
     f.set("load_wire", 0, true, load_average());

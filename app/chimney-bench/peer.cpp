@@ -1,6 +1,7 @@
-// chimney-bench peer: the remote end of a real chimneyd over memif.
+// chimney-bench peer: the remote end of a real chimneyd over memif (or TAP).
 //
-// One tcp::Engine on a memif port (net_memif0, server role by default), run
+// One tcp::Engine on a memif port (net_memif0, server role by default; or
+// net_tap0 on a kernel TAP interface with --device tap), run
 // by a poll loop made of chimneyd's own pieces: the worker's receive step
 // (dataplane::receive_burst: RX burst, classify_frame and the address
 // checks, TCP segments to Engine::input, the rest to the slow path), the
@@ -191,6 +192,7 @@ std::vector<PeerService> default_peer_services() {
 }
 
 std::string peer_vdev(const PeerOptions& o) {
+  if (o.device == "tap") return "net_tap0,iface=" + o.tap_iface + ",mac=" + o.mac;
   std::string v = "net_memif0,role=" + o.role + ",id=0,mac=" + o.mac;
   if (!o.socket.empty()) v += ",socket=" + o.socket;
   if (!o.memif_devargs.empty()) v += "," + o.memif_devargs;
@@ -257,9 +259,14 @@ struct PeerEndpoint::Impl : public HostCallbacks {
     if (o.services.empty()) throw std::runtime_error("peer: no service");
     test_stream();
     dpl::PortConfig pc;
-    pc.kind = dpl::PortKind::memif;
-    pc.path = o.socket;
-    pc.role = o.role;
+    if (o.device == "tap") {
+      pc.kind = dpl::PortKind::tap;
+      pc.iface = o.tap_iface;
+    } else {
+      pc.kind = dpl::PortKind::memif;
+      pc.path = o.socket;
+      pc.role = o.role;
+    }
     pc.address = *prefix;
     dp.cfg.ports = {pc};
     dp.cfg.mbufs = o.mbufs;

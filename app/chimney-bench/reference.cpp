@@ -42,7 +42,55 @@ int run_quiet(const std::string& cmd) {
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
+// The namespaces this process made and has not deleted yet, and the
+// directories it (or a child) made and has not removed yet.
+std::vector<std::string> g_namespaces, g_dirs;
+void delete_namespaces() {
+  for (const auto& ns : g_namespaces) run_quiet("ip netns del " + ns);
+  g_namespaces.clear();
+  std::error_code ignored;
+  for (const auto& d : g_dirs) std::filesystem::remove_all(d, ignored);
+  g_dirs.clear();
+}
+void install_cleanup() {
+  static const bool installed = [] {
+    std::atexit(delete_namespaces);
+    for (int sig : {SIGINT, SIGTERM}) signal(sig, [](int s) {
+      delete_namespaces();
+      signal(s, SIG_DFL);
+      raise(s);
+    });
+    return true;
+  }();
+  (void)installed;
+}
+
 }  // namespace
+
+int run_command_quiet(const std::string& cmd) { return run_quiet(cmd); }
+
+void track_namespace(const std::string& ns) {
+  install_cleanup();
+  g_namespaces.push_back(ns);
+}
+
+void track_dir(const std::string& path) {
+  install_cleanup();
+  g_dirs.push_back(path);
+}
+
+void untrack_dir(const std::string& path) {
+  auto it = std::find(g_dirs.begin(), g_dirs.end(), path);
+  if (it != g_dirs.end()) g_dirs.erase(it);
+}
+
+// Deletes `ns` (when tracked) and forgets it.
+void untrack_namespace(const std::string& ns) {
+  auto it = std::find(g_namespaces.begin(), g_namespaces.end(), ns);
+  if (it == g_namespaces.end()) return;
+  g_namespaces.erase(it);
+  run_quiet("ip netns del " + ns);
+}
 
 // Starts argv with stdout to `out_path` (or /dev/null); returns the pid.
 pid_t spawn(const std::vector<std::string>& argv, const std::string& out_path) {
@@ -101,28 +149,14 @@ std::string slurp(const std::string& path) {
 // ------------------------------------------------------- namespaces ----
 // Two namespaces, a veth pair, 198.18.200.1/30 and .2/30; deleted by the
 // destructor, at exit and on SIGINT/SIGTERM.
-std::string g_ns_a, g_ns_b;
-void delete_namespaces() {
-  if (!g_ns_a.empty()) run_quiet("ip netns del " + g_ns_a);
-  if (!g_ns_b.empty()) run_quiet("ip netns del " + g_ns_b);
-  g_ns_a.clear();
-  g_ns_b.clear();
-}
-
 class Namespaces {
  public:
   Namespaces() {
     const std::string id = std::to_string(getpid());
     a = "cbench" + id + "a";
     b = "cbench" + id + "b";
-    g_ns_a = a;
-    g_ns_b = b;
-    std::atexit(delete_namespaces);
-    for (int sig : {SIGINT, SIGTERM}) signal(sig, [](int s) {
-      delete_namespaces();
-      signal(s, SIG_DFL);
-      raise(s);
-    });
+    track_namespace(a);
+    track_namespace(b);
     const std::string va = "cbv" + id + "a", vb = "cbv" + id + "b";
     const std::vector<std::string> cmds = {
         "ip netns add " + a,
@@ -148,7 +182,10 @@ class Namespaces {
         return;
       }
   }
-  ~Namespaces() { delete_namespaces(); }
+  ~Namespaces() {
+    untrack_namespace(a);
+    untrack_namespace(b);
+  }
   std::string a, b, error;
 };
 

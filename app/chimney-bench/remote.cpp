@@ -1,9 +1,12 @@
 // chimney-bench remote: a real chimneyd measured from outside. The peer
 // endpoint (peer.cpp) runs in this process on a memif port; chimneyd is the
 // memif's other end (started here with --chimneyd, or already running with
-// its control socket given). A host thread drives chimneyd through the C++
-// client (lib/client), as any host would: CONNECT to the peer's services,
-// SEND/RECEIVE through the shared region, DISCONNECT, TERMINATE.
+// its control socket given). With --device tap, both ends are net_tap
+// ports instead, their kernel interfaces joined by a bridge in a network
+// namespace made for the run (TapNetwork); chimneyd is started in it. A
+// host thread drives chimneyd through the C++ client (lib/client), as any
+// host would: CONNECT to the peer's services, SEND/RECEIVE through the
+// shared region, DISCONNECT, TERMINATE.
 //
 //   (a) bulk goodput on one connection, each way: chimneyd's host sends to
 //       the peer's sink (16 zero-copy SENDs of 256 KiB outstanding; the
@@ -22,6 +25,7 @@
 // The figures include everything between the host and the wire: the control
 // socket, chimneyd's main lcore and rings, its worker, memif, and the
 // peer's engine. They are printed, never judged.
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/stat.h>
@@ -633,7 +637,8 @@ ChurnResult churn(Host& host, const Options& o, uint32_t n, const std::atomic<ui
   return res;
 }
 
-// chimneyd, started here as the memif client of our socket.
+// chimneyd, started here as the memif client of our socket, or on a TAP in
+// the run's namespace.
 struct Chimneyd {
   pid_t pid = -1;
   std::string dir, log, socket, prefix;
@@ -646,14 +651,24 @@ struct Chimneyd {
     log = dir + "/chimneyd.log";
     socket = dir + "/control.sock";
     prefix = "cbench-cd" + std::to_string(getpid());
-    std::string port = "kind=memif,role=" + std::string(r.peer.role == "server" ? "client" : "server") + ",path=" +
-                       r.peer.socket + ",address=" + r.chimneyd_address + ",devargs=id=0,mac=" + r.chimneyd_mac;
-    if (!r.peer.memif_devargs.empty()) port += "," + r.peer.memif_devargs;
+    track_dir(dir);  // both removed if the bench is stopped by a signal
+    track_dir("/var/run/dpdk/" + prefix);
+    std::string port;
+    if (r.peer.device == "tap") {
+      port = "kind=tap,iface=" + r.chimneyd_tap_iface + ",address=" + r.chimneyd_address + ",mac=" + r.chimneyd_mac;
+    } else {
+      port = "kind=memif,role=" + std::string(r.peer.role == "server" ? "client" : "server") + ",path=" +
+             r.peer.socket + ",address=" + r.chimneyd_address + ",devargs=id=0,mac=" + r.chimneyd_mac;
+      if (!r.peer.memif_devargs.empty()) port += "," + r.peer.memif_devargs;
+    }
     // chimneyd's main lcore on --other-cpu with the peer and this host,
-    // its worker on --cpu.
-    std::vector<std::string> argv = {
-        r.chimneyd, "--lcores", "0@" + std::to_string(o.other_cpu) + ",1@" + std::to_string(o.cpu),
-        "--file-prefix", prefix, "--", "--port", port, "--control-socket", socket, "--log-level", "info"};
+    // its worker on --cpu. Over TAP in the run's namespace (`ip netns exec`
+    // execs chimneyd in place: the pid is chimneyd's).
+    std::vector<std::string> argv;
+    if (r.peer.device == "tap") argv = {"ip", "netns", "exec", r.netns};
+    argv.insert(argv.end(), {r.chimneyd, "--lcores", "0@" + std::to_string(o.other_cpu) + ",1@" + std::to_string(o.cpu),
+                             "--file-prefix", prefix, "--", "--port", port, "--control-socket", socket, "--log-level",
+                             "info"});
     argv.insert(argv.end(), r.chimneyd_args.begin(), r.chimneyd_args.end());
     std::string cmd;
     for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
@@ -667,12 +682,18 @@ struct Chimneyd {
         pid = -1;
         throw std::runtime_error("chimneyd exited before it was ready:\n" + tail(slurp(log), 15));
       }
-      if (Clock::now() > give_up) throw std::runtime_error("chimneyd not ready after 60 s:\n" + tail(slurp(log), 15));
+      if (Clock::now() > give_up) {
+        stop(pid, SIGTERM, 15);  // (no destructor after a throw)
+        pid = -1;
+        throw std::runtime_error("chimneyd not ready after 60 s:\n" + tail(slurp(log), 15));
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
   }
   ~Chimneyd() {
     if (pid > 0) stop(pid, SIGTERM, 15);
+    untrack_dir(dir);
+    untrack_dir("/var/run/dpdk/" + prefix);
     std::error_code ignored;  // its EAL runtime directory (our prefix) and the temp dir
     std::filesystem::remove_all("/var/run/dpdk/" + prefix, ignored);
     if (keep_log) {
@@ -690,7 +711,72 @@ bool wanted(const std::vector<std::string>& only, const std::string& w) {
 
 }  // namespace
 
-void run_remote(const Options& o, const RemoteOptions& r_in, const std::vector<std::string>& only, Figures& f) {
+std::string remote_key_prefix(const std::string& device) { return device == "tap" ? "remote_tap_" : "remote_"; }
+std::string remote_label_prefix(const std::string& device) {
+  return device == "tap" ? "chimneyd over TAP: " : "chimneyd over memif: ";
+}
+
+// ------------------------------------------------------------ TAP ----
+TapNetwork::TapNetwork() : name_("chimney-bench-" + std::to_string(getpid())) {
+  track_namespace(name_);  // deleted at exit and on SIGINT/SIGTERM too
+  // Only the bridge and the two TAPs live here; no IPv6 (the kernel
+  // interfaces would send router solicitations and MLD reports to both
+  // ends), no multicast snooping (its IGMP), no STP (a port forwards as
+  // soon as it is up).
+  const std::vector<std::string> cmds = {
+      "ip netns add " + name_,
+      "ip -n " + name_ + " link set lo up",
+      "ip netns exec " + name_ + " sysctl -q -w net.ipv6.conf.all.disable_ipv6=1",
+      "ip netns exec " + name_ + " sysctl -q -w net.ipv6.conf.default.disable_ipv6=1",
+      "ip -n " + name_ + " link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0",
+      "ip -n " + name_ + " link set br0 up",
+  };
+  for (const auto& c : cmds)
+    if (run_command_quiet(c) != 0) {
+      untrack_namespace(name_);
+      throw std::runtime_error("tap network: failed: " + c);
+    }
+}
+
+TapNetwork::~TapNetwork() {
+  if (home_ >= 0) leave();
+  run_command_quiet("ip -n " + name_ + " link del br0");
+  untrack_namespace(name_);  // deletes it
+}
+
+void TapNetwork::enter() {
+  if (home_ >= 0) return;  // inside already
+  home_ = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (home_ < 0) throw std::runtime_error("tap network: cannot open this thread's network namespace");
+  const std::string path = "/var/run/netns/" + name_;
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || setns(fd, CLONE_NEWNET) != 0) {
+    const std::string why = std::strerror(errno);
+    if (fd >= 0) close(fd);
+    close(home_);
+    home_ = -1;
+    throw std::runtime_error("tap network: cannot enter " + path + ": " + why);
+  }
+  close(fd);
+}
+
+void TapNetwork::leave() {
+  if (home_ < 0) return;
+  if (setns(home_, CLONE_NEWNET) != 0)
+    std::fprintf(stderr, "[remote] cannot return to the original network namespace: %s\n", std::strerror(errno));
+  close(home_);
+  home_ = -1;
+}
+
+void TapNetwork::attach(const std::string& iface, const std::string& kernel_mac) {
+  for (const std::string& c : {"ip -n " + name_ + " link set dev " + iface + " address " + kernel_mac,
+                               "ip -n " + name_ + " link set dev " + iface + " master br0",
+                               "ip -n " + name_ + " link set dev " + iface + " up"})
+    if (run_command_quiet(c) != 0) throw std::runtime_error("tap network: failed: " + c);
+}
+
+void run_remote(const Options& o, const RemoteOptions& r_in, const std::vector<std::string>& only, Figures& f,
+                TapNetwork* tap) {
   // The services the workloads use; nothing hashed (the figure, not the
   // check: tests/integration/test_devices.py checks the bytes).
   RemoteOptions r = r_in;
@@ -698,24 +784,64 @@ void run_remote(const Options& o, const RemoteOptions& r_in, const std::vector<s
   r.peer.services = {*parse_peer_service(std::to_string(kSinkPort) + "=sink,hash=0", e),
                      *parse_peer_service(std::to_string(kSourcePort) + "=source,bytes=0,hash=0", e),
                      *parse_peer_service(std::to_string(kEchoPort) + "=echo,hash=0", e)};
-  std::fprintf(stderr, "[remote] peer on memif %s (%s), load %s\n", r.peer.socket.c_str(), r.peer.role.c_str(),
-               load_average().c_str());
+  const bool over_tap = r.peer.device == "tap";
+  const std::string kp = remote_key_prefix(r.peer.device);  // the figures' keys
+  const std::string failure_key = kp.substr(0, kp.size() - 1);
+  if (over_tap)
+    std::fprintf(stderr, "[remote] peer on TAP %s, chimneyd on TAP %s, bridge br0 in namespace %s, load %s\n",
+                 r.peer.tap_iface.c_str(), r.chimneyd_tap_iface.c_str(), r.netns.c_str(), load_average().c_str());
+  else
+    std::fprintf(stderr, "[remote] peer on memif %s (%s), load %s\n", r.peer.socket.c_str(), r.peer.role.c_str(),
+                 load_average().c_str());
+  if (over_tap && (tap == nullptr || r.chimneyd.empty())) {
+    f.fail(failure_key, "--device tap needs --chimneyd (the bench starts it in its namespace)");
+    return;
+  }
+  // net_tap opens a queue's file descriptor by the interface's name when
+  // the queue is set up, and its link-state socket when the port starts:
+  // both must happen in the namespace, or the kernel makes a second TAP of
+  // that name where this thread is.
   std::unique_ptr<PeerEndpoint> peer;
   try {
+    if (over_tap) tap->enter();
     peer = std::make_unique<PeerEndpoint>(r.peer, nullptr);
+    if (over_tap) tap->leave();
   } catch (const std::exception& e) {
-    f.fail("remote", e.what());
+    if (over_tap) tap->leave();
+    f.fail(failure_key, e.what());
     std::fprintf(stderr, "[remote] %s\n", e.what());
     return;
   }
+  // The peer closes after chimneyd has stopped (declared before it), over
+  // TAP inside the namespace where its port was made.
+  struct ClosePeer {
+    std::unique_ptr<PeerEndpoint>& peer;
+    TapNetwork* tap;
+    ~ClosePeer() {
+      if (!peer) return;
+      try {
+        if (tap != nullptr) tap->enter();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "[remote] %s\n", e.what());
+      }
+      peer.reset();
+      if (tap != nullptr) tap->leave();
+    }
+  } close_peer{peer, over_tap ? tap : nullptr};
   std::unique_ptr<Chimneyd> chimneyd;
   std::string control = r.control_socket;
   if (!r.chimneyd.empty()) {
     try {
       chimneyd = std::make_unique<Chimneyd>(o, r);
       control = chimneyd->socket;
+      if (over_tap) {
+        // Both TAPs exist now (and carry their DPDK ports' MACs, which the
+        // bridge would keep for itself): other kernel MACs, onto br0, up.
+        tap->attach(r.peer.tap_iface, "02:00:c6:12:ff:01");
+        tap->attach(r.chimneyd_tap_iface, "02:00:c6:12:ff:02");
+      }
     } catch (const std::exception& e) {
-      f.fail("remote", e.what());
+      f.fail(failure_key, e.what());
       std::fprintf(stderr, "[remote] %s\n", e.what());
       return;
     }
@@ -744,21 +870,21 @@ void run_remote(const Options& o, const RemoteOptions& r_in, const std::vector<s
       };
       if (wanted(only, "bulk")) {
         progress("bulk, chimneyd -> peer");
-        results.emplace_back("remote_bulk_tx_gbps", bulk_to_peer(host, o));
+        results.emplace_back(kp + "bulk_tx_gbps", bulk_to_peer(host, o));
         progress("bulk, peer -> chimneyd");
-        results.emplace_back("remote_bulk_rx_gbps", bulk_from_peer(host, o));
+        results.emplace_back(kp + "bulk_rx_gbps", bulk_from_peer(host, o));
       }
       if (wanted(only, "rr"))
         for (uint32_t n : r.rr_connections) {
           progress("request/response 64 B, " + std::to_string(n) + " connections");
-          results.emplace_back("remote_rr_64_" + std::to_string(n), request_response(host, o, n));
+          results.emplace_back(kp + "rr_64_" + std::to_string(n), request_response(host, o, n));
         }
       if (wanted(only, "churn"))
         for (uint32_t n : r.churn_parallel) {
           progress("churn, " + std::to_string(n) + " in parallel");
           const std::string k = std::to_string(n);
           ChurnResult c = churn(host, o, n, stamps.get());
-          results.emplace_back("remote_churn_" + k + "_per_s", c.rate);
+          results.emplace_back(kp + "churn_" + k + "_per_s", c.rate);
           const bool ok = c.rate.ok && !c.post.empty();
           for (const auto& [what, samples, note] :
                {std::tuple<std::string, const std::vector<double>*, std::string>{
@@ -766,7 +892,7 @@ void run_remote(const Options& o, const RemoteOptions& r_in, const std::vector<s
                 {"ack", &c.ack, "the peer's ACK of our FIN sent -> completion at the host; " +
                                     std::to_string(c.unmatched) + " disconnects without a stamp"}}) {
             const Percentiles p = percentiles(*samples);
-            const std::string key = "remote_disc_" + what + "_" + k;
+            const std::string key = kp + "disc_" + what + "_" + k;
             const bool have = ok && p.n != 0;
             results.emplace_back(key + "_p50_us", Result{p.p50, have, note});
             results.emplace_back(key + "_p90_us", Result{p.p90, have, note});
@@ -789,7 +915,7 @@ void run_remote(const Options& o, const RemoteOptions& r_in, const std::vector<s
   }
   const std::string peer_note = "peer: " + std::to_string(peer->connections_closed()) + " closed, " +
                                 std::to_string(peer->connections_failed()) + " failed";
-  f.set("remote_peer_connections_failed", static_cast<double>(peer->connections_failed()),
+  f.set(kp + "peer_connections_failed", static_cast<double>(peer->connections_failed()),
         peer->connections_failed() == 0, peer_note);
   if (!failure.empty()) {
     if (chimneyd) {
@@ -803,12 +929,12 @@ void run_remote(const Options& o, const RemoteOptions& r_in, const std::vector<s
       chimneyd->keep_log = true;
     }
     std::fprintf(stderr, "[remote] %s\n", failure.c_str());
-    f.fail("remote", failure);
+    f.fail(failure_key, failure);
   }
   std::fprintf(stderr, "[remote] %s\n", peer->exit_json().c_str());
   if (!failure.empty()) std::fprintf(stderr, "[remote] the peer's open connections: %s\n", peer->open_connections_json().c_str());
-  chimneyd.reset();  // chimneyd stops before our end of the memif goes
-  peer.reset();
+  chimneyd.reset();  // chimneyd stops before our end of the memif (or our TAP) goes
+  // (the peer closes in close_peer's destructor)
 }
 
 void run_churn_references(const Options& o, const std::vector<uint32_t>& parallel, bool inproc, bool linux_ref,
