@@ -165,10 +165,12 @@ void Engine::segment_arrives(Tcb& c, rte_mbuf* m) {
       // segment reaches rcv_wup, its ACK is valid). Echoing the original's
       // TSval grew a Linux peer's RTO to 120 s at 20% loss. A blind sender
       // cannot move TS.Recent this way: the segment must end at
-      // Last.ACK.sent and carry an acceptable ACK (RFC 5961 §5.2). Not for
-      // a SYN: a retransmitted SYN-ACK is answered as Linux answers it.
+      // Last.ACK.sent and carry an acceptable ACK (RFC 5961 §5.2). The same
+      // for a SYN-ACK retransmitted because our ACK of it was lost: echoing
+      // the first SYN-ACK's TSval, a Linux listener took its whole backoff
+      // (15 s at 20% loss) as the handshake's RTT and its RTO grew to 40 s.
       const uint32_t end = s.seq + seg_len;
-      if (c.flags.timestamps && s.opts.has_timestamp && !syn && (s.flags & kAck) &&
+      if (c.flags.timestamps && s.opts.has_timestamp && (s.flags & kAck) &&
           seq_leq(s.seq, c.rcv.last_ack_sent) && seq_geq(end, c.rcv.last_ack_sent) &&
           seq_leq(end, c.rcv.nxt) && !seq_gt(s.ack, c.snd.max) && !seq_lt(s.ack, c.snd.una - c.snd.max_wnd)) {
         c.rcv.ts_recent = s.opts.ts_val;

@@ -585,6 +585,23 @@ TEST_F(Rfc, Rfc7323_RetransmissionOfTheLastSegmentRefreshesTsRecent) {
   EXPECT_EQ(host.indicated, "abcdefgh") << "each byte delivered once";
 }
 
+// The same for the peer's SYN-ACK, retransmitted because our ACK of it was
+// lost: its segment ends at Last.ACK.sent (IRS + 1), its ACK is ours, so the
+// ACK that answers it echoes its TSval, and the listener's handshake RTT is
+// one round trip, not its SYN-ACK backoff. Not for a bare SYN.
+TEST_F(Rfc, Rfc7323_RetransmittedSynAckRefreshesTsRecent) {
+  offload_default();  // ESTABLISHED at RCV.NXT = kIrs: the SYN-ACK was IRS = kIrs - 1
+  peer_ts_val(kIrs - 1, kIss, SYN | ACK, 400, "");
+  Seg a = next();
+  EXPECT_EQ(a.ack, kIrs);
+  EXPECT_FALSE(a.has(SYN));
+  EXPECT_EQ(a.opts.ts_ecr, 400u) << "the retransmitted SYN-ACK's TSval";
+  peer_ts_val(kIrs - 1, 0, SYN, 500, "");  // a bare SYN: answered, TS.Recent stays
+  Seg b = next();
+  EXPECT_EQ(b.opts.ts_ecr, 400u);
+  EXPECT_EQ(tcb().state, TcpState::established);
+}
+
 // RFC 7323 §5.3 R1: "... and if the RST bit is not set": RST is exempt.
 TEST_F(Rfc, Rfc7323_PawsExemptsRst) {
   offload_default();
