@@ -123,6 +123,19 @@ def serve_and_close(target_conn, expect: bytes):
     assert d.status == "NDIS_STATUS_SUCCESS", d
 
 
+def release_and_judge(target, conns, wire):
+    """Terminates `conns`, then judges the handover: its counters, and the
+    capture, where no peer data segment may appear twice. Returns the
+    capture's analysis."""
+    for conn in conns:
+        conn.terminate()
+    check_handover(target)
+    analysis = wire.check()
+    again = peer_data_retransmissions(analysis)
+    assert not again, f"the peer sent its first data again (stream, seq): {again}"
+    return analysis
+
+
 def test_linux_clients_write_at_once(fresh_target, wire):
     """Twenty Linux clients connect to a chimney listener and write their
     data right behind the handshake's last ACK: each one's data reaches the
@@ -144,13 +157,8 @@ def test_linux_clients_write_at_once(fresh_target, wire):
             client.wait()
     results = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
     assert len(results) == CONNECTIONS and all(r["end"] == "eof" for r in results), (results, err)
-    for conn in conns:
-        conn.terminate()
-    check_handover(target)
-    analysis = wire.check()
+    analysis = release_and_judge(target, conns, wire)
     assert len(analysis.stream_list()) == CONNECTIONS
-    again = peer_data_retransmissions(analysis)
-    assert not again, f"the peer sent its first data again (stream, seq): {again}"
 
 
 def test_linux_server_writes_on_accept(fresh_target, wire):
@@ -177,12 +185,7 @@ def test_linux_server_writes_on_accept(fresh_target, wire):
     assert len(results) == CONNECTIONS, (out, err)
     want = hashlib.sha256(reply).hexdigest()
     assert all(r["end"] == "eof" and r["bytes"] == len(reply) and r["sha256"] == want for r in results), results
-    for conn in conns:
-        conn.terminate()
-    check_handover(target)
-    analysis = wire.check()
-    again = peer_data_retransmissions(analysis)
-    assert not again, f"the peer sent its first data again (stream, seq): {again}"
+    release_and_judge(target, conns, wire)
 
 
 # --------------------------------------------------------------------------
