@@ -43,7 +43,7 @@ void close_port(Port& port);
 // (its ring is full: the peer or the device is behind) stays staged and goes
 // again on the next flush, so a burst larger than the ring is not lost and
 // retransmitted. Dropped (counted tx_full): a frame pushed while a whole
-// staging area is refused, and what the queue refused for kRefusedFor (a
+// staging area is refused, and what the queue took nothing of for kRefusedForUs (a
 // link that is down: frames must not hold the host's send memory forever,
 // DESIGN.md buffers).
 class TxQueue {
@@ -84,7 +84,7 @@ class TxQueue {
   std::array<rte_mbuf*, kCapacity> pkts_{};
   uint16_t n_ = 0;
   uint16_t refused_ = 0;  // pkts_[0, refused_): refused once, already past the impairment stage
-  uint64_t refused_since_ = 0;  // TSC of the flush that last sent nothing of what was refused
+  uint64_t refused_since_ = 0;  // TSC of the first refusal, or of the last flush since that sent some
   uint16_t port_id_ = 0;
   uint16_t queue_id_ = 0;
   Counters* counters_ = nullptr;
